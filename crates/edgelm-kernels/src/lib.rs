@@ -1,0 +1,1 @@
+//! edgelm-kernels (being written).

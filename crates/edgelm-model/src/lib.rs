@@ -1,0 +1,1 @@
+//! edgelm-model (being written).

@@ -1,0 +1,1 @@
+//! edgelm-runtime (being written).

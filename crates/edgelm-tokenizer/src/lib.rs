@@ -1,0 +1,1 @@
+//! edgelm-tokenizer (being written).
