@@ -219,6 +219,8 @@ mod tests {
     fn sizes_follow_ggml() {
         assert_eq!(GgmlType::Q4_1.bytes_for(576), Some(18 * 20));
         assert_eq!(GgmlType::Q4_K.bytes_for(576), None);
-        assert_eq!(GgmlType::Q8_0.bytes_for(u64::MAX / 2 + 1 - (u64::MAX / 2 + 1) % 32), None);
+        // 2^63 elements is 2^58 blocks of 34 bytes: fits. u64::MAX / 32 blocks does not.
+        assert_eq!(GgmlType::Q8_0.bytes_for(1 << 63), Some((1 << 58) * 34));
+        assert_eq!(GgmlType::Q8_0.bytes_for(u64::MAX / 32 * 32), None);
     }
 }

@@ -1,1 +1,27 @@
-//! edgelm-runtime (being written).
+//! edgelm-runtime: what turns a model into text — sampling, the generation loop with stop
+//! strings and streaming, chat sessions that reuse the KV cache, and perplexity evaluation.
+//!
+//! It owns no model math (that is `edgelm-model`) and knows nothing of how it is served
+//! (CLI, HTTP, C API). The model is reached through [`LogitsSource`], implemented for the real
+//! model by [`ModelEngine`] and by small doubles in tests.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod engine;
+mod error;
+mod generate;
+mod perplexity;
+mod sampler;
+mod stop;
+
+pub use engine::{LogitsSource, ModelEngine};
+pub use error::RuntimeError;
+pub use generate::{
+    ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, GenerationResult, Session,
+    Timings,
+};
+pub use perplexity::{
+    perplexity, perplexity_with, token_nll, ChunkProgress, PerplexityOptions, PerplexityResult,
+};
+pub use sampler::{Sampler, SamplerConfig};
+pub use stop::{StopMatcher, StopOutcome};
