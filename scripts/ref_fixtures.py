@@ -89,11 +89,15 @@ def llama_info() -> dict:
     }
 
 
-def open_llama(model: str):
+def open_llama(model: str, flash_attn: bool = True):
+    """llama.cpp as its own tools run it: flash attention on (llama.cpp's default
+    flash_attn_type AUTO resolves to enabled on CPU; llama-cpp-python's default forces it
+    off, so we ask for it)."""
     import llama_cpp
 
     return llama_cpp.Llama(model_path=model, logits_all=True, n_ctx=N_CTX, n_threads=N_THREADS,
-                           n_threads_batch=N_THREADS, seed=SEED, verbose=False)
+                           n_threads_batch=N_THREADS, seed=SEED, flash_attn=flash_attn,
+                           verbose=False)
 
 
 def model_info(model: str) -> dict:
@@ -120,6 +124,18 @@ def part_logits16(model: str, exact: ref_exact.ExactModel) -> None:
     lc = np.array(llm.scores[:16], dtype=np.float64)
     ex = exact.forward(ids)
     kl = ref_exact.kl(ex, lc)
+    # llama.cpp once more, token by token (its GEMV path instead of the batched one): how much
+    # llama.cpp's KL to the exact computation moves under a mere change of kernels.
+    llm.reset()
+    for t in ids:
+        llm.eval([t])
+    seq = np.array(llm.scores[:16], dtype=np.float64)
+    kl_seq = ref_exact.kl(ex, seq)
+    # And with flash attention off (llama-cpp-python's default): another build-dependent path.
+    nofa = open_llama(model, flash_attn=False)
+    nofa.eval(ids)
+    lc_nofa = np.array(nofa.scores[:16], dtype=np.float64)
+    kl_nofa = ref_exact.kl(ex, lc_nofa)
     lc.astype("<f4").tofile(os.path.join(OUT_DIR, "logits16_llamacpp.f32"))
     ex.astype("<f4").tofile(os.path.join(OUT_DIR, "logits16_exact.f32"))
     d = np.abs(lc - ex)
@@ -132,7 +148,7 @@ def part_logits16(model: str, exact: ref_exact.ExactModel) -> None:
         "model": model_info(model),
         "llama_cpp": llama_info(),
         "llama_params": {"n_ctx": N_CTX, "n_threads": N_THREADS, "seed": SEED,
-                         "logits_all": True, "add_bos": False},
+                         "logits_all": True, "add_bos": False, "flash_attn": True},
         "n_vocab": int(lc.shape[1]),
         "token_ids": [int(t) for t in ids],
         "text": llm.detokenize(ids).decode("utf-8", "replace"),
@@ -142,6 +158,16 @@ def part_logits16(model: str, exact: ref_exact.ExactModel) -> None:
         "max_abs_diff_llamacpp_exact": float(d.max()),
         "max_abs_diff_llamacpp_exact_per_position": [float(v) for v in d.max(axis=1)],
         "mean_abs_diff_llamacpp_exact": float(d.mean()),
+        "token_by_token": {
+            "kl_exact_llamacpp_mean": float(kl_seq.mean()),
+            "max_abs_diff_vs_batched": float(np.abs(seq - lc).max()),
+            "max_abs_diff_vs_exact": float(np.abs(seq - ex).max()),
+        },
+        "flash_attn_off": {
+            "kl_exact_llamacpp_mean": float(kl_nofa.mean()),
+            "max_abs_diff_vs_flash_attn_on": float(np.abs(lc_nofa - lc).max()),
+            "max_abs_diff_vs_exact": float(np.abs(lc_nofa - ex).max()),
+        },
         "top1_llamacpp": [int(v) for v in lc.argmax(axis=1)],
         "top1_exact": [int(v) for v in ex.argmax(axis=1)],
         "top2_margin_exact": [float(v) for v in ref_exact.top2_margin(ex)],
@@ -217,7 +243,8 @@ def part_greedy(model: str, exact: ref_exact.ExactModel) -> None:
         "model": model_info(model),
         "llama_cpp": llama_info(),
         "llama_params": {"n_ctx": N_CTX, "n_threads": N_THREADS, "seed": SEED,
-                         "sampling": "greedy (argmax)", "max_tokens": N_GEN},
+                         "sampling": "greedy (argmax)", "max_tokens": N_GEN,
+                         "flash_attn": True},
         "chat_formatter": "llama_cpp.llama_chat_format.Jinja2ChatFormatter(GGUF "
                           "tokenizer.chat_template, add_generation_prompt=True); tokenized "
                           "with special=True, add_bos=False",
@@ -261,6 +288,10 @@ def part_perplexity(model: str, full_log: str | None) -> None:
             ["nice", "-n", "10", os.path.join(LLAMA_BIN, "llama-perplexity"), "-m", model, "-f",
              WIKITEXT, "-c", str(N_CTX), "-t", str(N_THREADS)])
         full["log"] = full_log
+        wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([0-9:.]+)",
+                         open(full_log, encoding="utf-8").read())
+        if wall:
+            full["wall_clock"] = wall.group(1)
     else:
         full = run_ppl(model, None)
     print(f"perplexity full: {full}")

@@ -1,1 +1,80 @@
-fn main() {}
+//! The `edgelm` binary: a thin front end over the edgelm crates. Each subcommand lives in its
+//! own file under `cmd/`; this file parses arguments, installs logging and maps outcomes to
+//! exit codes: 0 success, 1 failure, 2 usage error. A closed stdout (broken pipe) ends the
+//! program quietly with 0.
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod fetch;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cmd::GlobalArgs;
+
+/// edgelm: run small Llama-family language models from GGUF files on the CPU.
+#[derive(Debug, Parser)]
+#[command(name = "edgelm", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show a GGUF file's metadata, tensors and memory needs.
+    Info(cmd::info::InfoArgs),
+    /// Turn text into token ids, as llama.cpp tokenizes a prompt.
+    Tokenize(cmd::tokenize::TokenizeArgs),
+    /// Continue a prompt, streaming the generated text.
+    Run(cmd::run::RunArgs),
+    /// Chat interactively (one user turn per line when stdin is not a terminal).
+    Chat(cmd::chat::ChatArgs),
+    /// Measure perplexity on a text file, as llama-perplexity does.
+    Perplexity(cmd::perplexity::PerplexityArgs),
+}
+
+impl Command {
+    fn global(&self) -> &GlobalArgs {
+        match self {
+            Command::Info(a) => &a.global,
+            Command::Tokenize(a) => &a.global,
+            Command::Run(a) => &a.global,
+            Command::Chat(a) => &a.global,
+            Command::Perplexity(a) => &a.global,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    cmd::init_logging(cli.command.global());
+    let result = match &cli.command {
+        Command::Info(a) => cmd::info::run(a),
+        Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Perplexity(a) => cmd::perplexity::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if cmd::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if cmd::is_usage_error(&e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

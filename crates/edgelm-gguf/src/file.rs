@@ -335,7 +335,10 @@ fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
                 alignment,
             });
         }
-        if t.offset.checked_add(t.n_bytes).is_none_or(|end| end > data_size) {
+        if t.offset
+            .checked_add(t.n_bytes)
+            .is_none_or(|end| end > data_size)
+        {
             return Err(GgufError::TensorOutOfBounds {
                 name: t.name.clone(),
                 offset: t.offset,
@@ -412,10 +415,16 @@ mod tests {
 
     #[test]
     fn shapes_follow_llama_cpp_rules() {
-        assert_eq!(tensor_n_bytes("t", &[576, 49152], GgmlType::Q8_0).unwrap(), 30081024);
+        assert_eq!(
+            tensor_n_bytes("t", &[576, 49152], GgmlType::Q8_0).unwrap(),
+            30081024
+        );
         assert_eq!(tensor_n_bytes("t", &[], GgmlType::F32).unwrap(), 4);
         assert_eq!(tensor_n_bytes("t", &[0, 7], GgmlType::F32).unwrap(), 0);
-        assert_eq!(tensor_n_bytes("t", &[1 << 62, 0], GgmlType::F32).unwrap(), 0);
+        assert_eq!(
+            tensor_n_bytes("t", &[1 << 62, 0], GgmlType::F32).unwrap(),
+            0
+        );
         for (dims, ty) in [
             (&[1u64, 1, 1, 1, 1][..], GgmlType::F32),
             (&[1 << 63][..], GgmlType::F32),
@@ -425,7 +434,10 @@ mod tests {
             (&[1 << 62][..], GgmlType::F32), // bytes overflow u64
         ] {
             assert!(
-                matches!(tensor_n_bytes("t", dims, ty), Err(GgufError::BadShape { .. })),
+                matches!(
+                    tensor_n_bytes("t", dims, ty),
+                    Err(GgufError::BadShape { .. })
+                ),
                 "{dims:?} {ty}"
             );
         }
@@ -440,6 +452,9 @@ mod tests {
             offset: 0,
             n_bytes: 6 * 68,
         };
-        assert_eq!((t.n_elements(), t.row_len(), t.n_rows(), t.row_bytes()), (384, 64, 6, 68));
+        assert_eq!(
+            (t.n_elements(), t.row_len(), t.n_rows(), t.row_bytes()),
+            (384, 64, 6, 68)
+        );
     }
 }

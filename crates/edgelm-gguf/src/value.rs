@@ -67,7 +67,7 @@ pub enum Array {
 }
 
 impl Value {
-    /// The GGUF type name: "u32", "string", "array[string]", ...
+    /// The GGUF type name: "u32", "string", `"array[string]"`, ...
     pub fn type_name(&self) -> String {
         match self {
             Value::Array(a) => format!("array[{}]", a.elem_type_name()),
@@ -185,8 +185,8 @@ fn min_encoded_size(id: u32) -> Option<u64> {
         T_U16 | T_I16 => 2,
         T_U32 | T_I32 | T_F32 => 4,
         T_U64 | T_I64 | T_F64 => 8,
-        T_STRING => 8,       // u64 length
-        T_ARRAY => 4 + 8,    // element type + count
+        T_STRING => 8,    // u64 length
+        T_ARRAY => 4 + 8, // element type + count
         _ => return None,
     })
 }
@@ -300,16 +300,48 @@ fn read_array(r: &mut Reader<'_>, key: &str, depth: usize) -> Result<Array, Gguf
     }
     Ok(match id {
         T_U8 => Array::U8(r.take(n_bytes, "array elements")?.to_vec()),
-        T_I8 => Array::I8(decode(r.take(n_bytes, "array elements")?, i8::from_le_bytes)),
-        T_BOOL => Array::Bool(r.take(n_bytes, "array elements")?.iter().map(|&b| b != 0).collect()),
-        T_U16 => Array::U16(decode(r.take(n_bytes, "array elements")?, u16::from_le_bytes)),
-        T_I16 => Array::I16(decode(r.take(n_bytes, "array elements")?, i16::from_le_bytes)),
-        T_U32 => Array::U32(decode(r.take(n_bytes, "array elements")?, u32::from_le_bytes)),
-        T_I32 => Array::I32(decode(r.take(n_bytes, "array elements")?, i32::from_le_bytes)),
-        T_F32 => Array::F32(decode(r.take(n_bytes, "array elements")?, f32::from_le_bytes)),
-        T_U64 => Array::U64(decode(r.take(n_bytes, "array elements")?, u64::from_le_bytes)),
-        T_I64 => Array::I64(decode(r.take(n_bytes, "array elements")?, i64::from_le_bytes)),
-        T_F64 => Array::F64(decode(r.take(n_bytes, "array elements")?, f64::from_le_bytes)),
+        T_I8 => Array::I8(decode(
+            r.take(n_bytes, "array elements")?,
+            i8::from_le_bytes,
+        )),
+        T_BOOL => Array::Bool(
+            r.take(n_bytes, "array elements")?
+                .iter()
+                .map(|&b| b != 0)
+                .collect(),
+        ),
+        T_U16 => Array::U16(decode(
+            r.take(n_bytes, "array elements")?,
+            u16::from_le_bytes,
+        )),
+        T_I16 => Array::I16(decode(
+            r.take(n_bytes, "array elements")?,
+            i16::from_le_bytes,
+        )),
+        T_U32 => Array::U32(decode(
+            r.take(n_bytes, "array elements")?,
+            u32::from_le_bytes,
+        )),
+        T_I32 => Array::I32(decode(
+            r.take(n_bytes, "array elements")?,
+            i32::from_le_bytes,
+        )),
+        T_F32 => Array::F32(decode(
+            r.take(n_bytes, "array elements")?,
+            f32::from_le_bytes,
+        )),
+        T_U64 => Array::U64(decode(
+            r.take(n_bytes, "array elements")?,
+            u64::from_le_bytes,
+        )),
+        T_I64 => Array::I64(decode(
+            r.take(n_bytes, "array elements")?,
+            i64::from_le_bytes,
+        )),
+        T_F64 => Array::F64(decode(
+            r.take(n_bytes, "array elements")?,
+            f64::from_le_bytes,
+        )),
         T_STRING => {
             // count * 8 <= remaining, so this capacity is bounded by the file size.
             let mut v = Vec::with_capacity(count as usize);
@@ -670,13 +702,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(m.get_u64("a.neg"), Err(GgufError::OutOfRange { .. })));
+        assert!(matches!(
+            m.get_u64("a.neg"),
+            Err(GgufError::OutOfRange { .. })
+        ));
         match m.get_str("a.u8") {
             Err(GgufError::WrongType {
                 key,
                 expected,
                 found,
-            }) => assert_eq!((key.as_str(), expected, found.as_str()), ("a.u8", "string", "u8")),
+            }) => assert_eq!(
+                (key.as_str(), expected, found.as_str()),
+                ("a.u8", "string", "u8")
+            ),
             other => panic!("{other:?}"),
         }
         assert!(matches!(m.get_str("nope"), Err(GgufError::MissingKey(k)) if k == "nope"));
@@ -695,7 +733,9 @@ mod tests {
     #[test]
     fn duplicate_keys_are_rejected_and_set_replaces_in_place() {
         let mut m = md(vec![("k", 1u32.into()), ("j", 2u32.into())]);
-        assert!(matches!(m.insert("k".into(), 3u32.into()), Err(GgufError::DuplicateKey(k)) if k == "k"));
+        assert!(
+            matches!(m.insert("k".into(), 3u32.into()), Err(GgufError::DuplicateKey(k)) if k == "k")
+        );
         m.set("k".into(), 5u32.into());
         assert_eq!(m.iter().next().unwrap(), ("k", &Value::U32(5)));
         assert_eq!(m.len(), 2);

@@ -1,6 +1,9 @@
 //! Writing GGUF v3 files the way llama.cpp's `gguf_write_to_file` lays them out: header,
 //! metadata, tensor infos, padding to the alignment, then each tensor's data padded to the
-//! alignment.
+//! alignment. (One difference: a file without tensors gets no padding after its header.)
+//!
+//! Nested arrays (arrays of arrays) are valid GGUF and gguf-py reads them, but llama.cpp
+//! rejects any file that contains one.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -174,7 +177,12 @@ impl<'a> GgufWriter<'a> {
             w.write_all(&offset.to_le_bytes())?;
             offset += padded(t.data.len() as u64, align);
         }
-        w.pad(align)?;
+        // The data section starts aligned. Without tensors there is no data section, and no
+        // padding (llama.cpp pads anyway, but reads either): a hostile `general.alignment` of
+        // 2^31 must not turn a tiny file into a huge one when copied.
+        if !self.tensors.is_empty() {
+            w.pad(align)?;
+        }
         for t in &self.tensors {
             w.write_all(&t.data)?;
             w.pad(align)?;
@@ -247,8 +255,10 @@ mod tests {
         let mut w = GgufWriter::new();
         w.add_metadata("general.architecture", "llama").unwrap();
         w.add_metadata(KEY_ALIGNMENT, 64u32).unwrap();
-        w.add_tensor("a", &[3], GgmlType::F32, vec![0u8; 12]).unwrap();
-        w.add_tensor("b", &[32, 2], GgmlType::Q8_0, vec![7u8; 68]).unwrap();
+        w.add_tensor("a", &[3], GgmlType::F32, vec![0u8; 12])
+            .unwrap();
+        w.add_tensor("b", &[32, 2], GgmlType::Q8_0, vec![7u8; 68])
+            .unwrap();
         let bytes = w.to_bytes();
         assert_eq!(bytes.len() % 64, 0);
         let f = GgufFile::from_bytes(bytes).unwrap();
@@ -262,11 +272,23 @@ mod tests {
     #[test]
     fn rejects_what_the_reader_would_reject() {
         let mut w = GgufWriter::new();
-        assert!(matches!(w.add_metadata(KEY_ALIGNMENT, 24u32), Err(GgufError::BadAlignment(24))));
-        assert!(matches!(w.add_metadata(KEY_ALIGNMENT, 32u64), Err(GgufError::WrongType { .. })));
-        assert!(matches!(w.add_metadata("", 1u8), Err(GgufError::EmptyKey { .. })));
+        assert!(matches!(
+            w.add_metadata(KEY_ALIGNMENT, 24u32),
+            Err(GgufError::BadAlignment(24))
+        ));
+        assert!(matches!(
+            w.add_metadata(KEY_ALIGNMENT, 32u64),
+            Err(GgufError::WrongType { .. })
+        ));
+        assert!(matches!(
+            w.add_metadata("", 1u8),
+            Err(GgufError::EmptyKey { .. })
+        ));
         w.add_metadata("k", 1u8).unwrap();
-        assert!(matches!(w.add_metadata("k", 2u8), Err(GgufError::DuplicateKey(_))));
+        assert!(matches!(
+            w.add_metadata("k", 2u8),
+            Err(GgufError::DuplicateKey(_))
+        ));
         w.set_metadata("k", 3u8).unwrap();
         assert_eq!(w.metadata().get("k"), Some(&Value::U8(3)));
 
@@ -282,7 +304,8 @@ mod tests {
             w.add_tensor("x".repeat(64), &[1], GgmlType::F32, vec![0u8; 4]),
             Err(GgufError::TooLarge { .. })
         ));
-        w.add_tensor("t", &[1], GgmlType::F32, &[0u8; 4][..]).unwrap();
+        w.add_tensor("t", &[1], GgmlType::F32, &[0u8; 4][..])
+            .unwrap();
         assert!(matches!(
             w.add_tensor("t", &[1], GgmlType::F32, vec![0u8; 4]),
             Err(GgufError::DuplicateTensor(_))

@@ -90,7 +90,11 @@ pub fn silu_forward(y: &mut [f32], x: &[f32]) {
 
 /// SwiGLU over a row, `y[i] = silu(gate[i]) * up[i]` (llama.cpp `ggml_vec_swiglu_f32`).
 pub fn swiglu_forward(y: &mut [f32], gate: &[f32], up: &[f32]) {
-    assert_eq!(y.len(), gate.len(), "swiglu_forward: y and gate lengths differ");
+    assert_eq!(
+        y.len(),
+        gate.len(),
+        "swiglu_forward: y and gate lengths differ"
+    );
     assert_eq!(y.len(), up.len(), "swiglu_forward: y and up lengths differ");
     let n = y.len();
     let full = n / LANES * LANES;
@@ -106,7 +110,11 @@ pub fn swiglu_forward(y: &mut [f32], gate: &[f32], up: &[f32]) {
 /// As llama.cpp: squares in f32, summed in f64; mean and scale in f32. x, y, w: [C].
 pub fn rmsnorm_forward(y: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     assert_eq!(y.len(), x.len(), "rmsnorm_forward: y and x lengths differ");
-    assert_eq!(weight.len(), x.len(), "rmsnorm_forward: weight and x lengths differ");
+    assert_eq!(
+        weight.len(),
+        x.len(),
+        "rmsnorm_forward: weight and x lengths differ"
+    );
     let scale = rms_scale(x, eps);
     for ((yi, &xi), &wi) in y.iter_mut().zip(x).zip(weight) {
         *yi = xi * scale * wi;
@@ -123,7 +131,11 @@ pub fn rmsnorm_inplace(x: &mut [f32], eps: f32) {
 
 /// RMSNorm of one row in place, times a weight: `x = x * (1/rms(x)) * w`.
 pub fn rmsnorm_weighted_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
-    assert_eq!(weight.len(), x.len(), "rmsnorm_weighted_inplace: weight and x lengths differ");
+    assert_eq!(
+        weight.len(),
+        x.len(),
+        "rmsnorm_weighted_inplace: weight and x lengths differ"
+    );
     let scale = rms_scale(x, eps);
     for (xi, &wi) in x.iter_mut().zip(weight) {
         *xi = *xi * scale * wi;
@@ -164,7 +176,7 @@ pub fn rope_cache(
     freq_scale: f32,
     freq_factors: Option<&[f32]>,
 ) {
-    assert!(cache.len() % 2 == 0, "rope_cache: odd cache length");
+    assert!(cache.len() & 1 == 0, "rope_cache: odd cache length");
     let mut theta = pos as f32;
     for (i, pair) in cache.chunks_exact_mut(2).enumerate() {
         let ff = freq_factors.map_or(1.0, |f| f[i]);
@@ -247,14 +259,12 @@ pub fn dot_f16(x: &[f16], y: &[f16]) -> f32 {
             }
         }
     }
-    for l in 0..LANES {
-        acc[0][l] += acc[2][l];
-        acc[1][l] += acc[3][l];
+    let [a0, a1, a2, a3] = acc;
+    let mut lo = [0.0f32; LANES];
+    for (l, v) in lo.iter_mut().enumerate() {
+        *v = (a0[l] + a2[l]) + (a1[l] + a3[l]);
     }
-    for l in 0..LANES {
-        acc[0][l] += acc[1][l];
-    }
-    let mut sum = reduce_add_16(&acc[0]) as f64;
+    let mut sum = reduce_add_16(&lo) as f64;
     for i in np..n {
         sum += (x[i].to_f32() * y[i].to_f32()) as f64;
     }
@@ -378,13 +388,19 @@ mod tests {
         silu_forward(&mut y, &x);
         for (i, &xi) in x.iter().enumerate() {
             let want = xi as f64 / (1.0 + (-(xi as f64)).exp());
-            assert!((y[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "i={i}");
+            assert!(
+                (y[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "i={i}"
+            );
         }
         swiglu_forward(&mut y, &x, &g);
         for i in 0..37 {
             let xi = x[i] as f64;
             let want = xi / (1.0 + (-xi).exp()) * g[i] as f64;
-            assert!((y[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "i={i}");
+            assert!(
+                (y[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "i={i}"
+            );
         }
     }
 
@@ -398,7 +414,10 @@ mod tests {
         let inv = 1.0 / (ms + 1e-5).sqrt();
         for i in 0..576 {
             let want = x[i] as f64 * inv * w[i] as f64;
-            assert!((y[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1e-3), "i={i}");
+            assert!(
+                (y[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "i={i}"
+            );
         }
         let mut z = x.clone();
         rmsnorm_weighted_inplace(&mut z, &w, 1e-5);
@@ -432,7 +451,13 @@ mod tests {
                 let x = rand_vec(64, 2.0, pos as u64 + 10);
                 for n_dims in [64usize, 32] {
                     let mut cache = vec![0.0; n_dims];
-                    rope_cache(&mut cache, pos, rope_theta_scale(10000.0, n_dims), 1.0, None);
+                    rope_cache(
+                        &mut cache,
+                        pos,
+                        rope_theta_scale(10000.0, n_dims),
+                        1.0,
+                        None,
+                    );
                     let mut y = x.clone();
                     rope_forward(&mut y, &cache, mode);
                     let want = rope_ref(&x, pos, 10000.0, n_dims, mode);
@@ -478,8 +503,14 @@ mod tests {
     #[test]
     fn f16_helpers_match_f64() {
         for n in [64usize, 100, 3] {
-            let a: Vec<f16> = rand_vec(n, 3.0, 5).iter().map(|&v| f16::from_f32(v)).collect();
-            let b: Vec<f16> = rand_vec(n, 3.0, 6).iter().map(|&v| f16::from_f32(v)).collect();
+            let a: Vec<f16> = rand_vec(n, 3.0, 5)
+                .iter()
+                .map(|&v| f16::from_f32(v))
+                .collect();
+            let b: Vec<f16> = rand_vec(n, 3.0, 6)
+                .iter()
+                .map(|&v| f16::from_f32(v))
+                .collect();
             let want: f64 = a.iter().zip(&b).map(|(x, y)| x.to_f64() * y.to_f64()).sum();
             assert!((dot_f16(&a, &b) as f64 - want).abs() < 1e-4, "n={n}");
             let mut y = a.clone();
@@ -494,25 +525,42 @@ mod tests {
     #[test]
     fn attention_one_query_matches_f64() {
         let (d, n_kv) = (64usize, 9usize);
-        let q: Vec<f16> = rand_vec(d, 1.0, 7).iter().map(|&v| f16::from_f32(v)).collect();
-        let k: Vec<f16> = rand_vec(d * n_kv, 1.0, 8).iter().map(|&v| f16::from_f32(v)).collect();
-        let v: Vec<f16> = rand_vec(d * n_kv, 1.0, 9).iter().map(|&v| f16::from_f32(v)).collect();
+        let q: Vec<f16> = rand_vec(d, 1.0, 7)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let k: Vec<f16> = rand_vec(d * n_kv, 1.0, 8)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let v: Vec<f16> = rand_vec(d * n_kv, 1.0, 9)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
         let scale = 0.125f32;
         let mut out = vec![0.0f32; d];
         let mut acc = vec![f16::ZERO; d];
         attention_one_query_f16(&mut out, &mut acc, &q, &k, &v, n_kv, scale);
         let s: Vec<f64> = (0..n_kv)
             .map(|j| {
-                (0..d).map(|i| q[i].to_f64() * k[j * d + i].to_f64()).sum::<f64>() * scale as f64
+                (0..d)
+                    .map(|i| q[i].to_f64() * k[j * d + i].to_f64())
+                    .sum::<f64>()
+                    * scale as f64
             })
             .collect();
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
         for i in 0..d {
-            let want: f64 =
-                (0..n_kv).map(|j| (s[j] - m).exp() / z * v[j * d + i].to_f64()).sum();
+            let want: f64 = (0..n_kv)
+                .map(|j| (s[j] - m).exp() / z * v[j * d + i].to_f64())
+                .sum();
             // V accumulates in F16: ~1e-3 relative
-            assert!((out[i] as f64 - want).abs() < 3e-3, "i={i} got={} want={want}", out[i]);
+            assert!(
+                (out[i] as f64 - want).abs() < 3e-3,
+                "i={i} got={} want={want}",
+                out[i]
+            );
         }
         // one position: output is v itself
         attention_one_query_f16(&mut out, &mut acc, &q, &k, &v, 1, scale);

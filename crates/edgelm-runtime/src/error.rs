@@ -66,6 +66,15 @@ pub enum RuntimeError {
         n_tokens: usize,
         /// The model's error.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: edgelm_model::ModelError,
+    },
+    /// The evaluation state could not be created.
+    #[error("cannot create a model state for a context of {n_ctx} tokens")]
+    State {
+        /// Requested context.
+        n_ctx: usize,
+        /// The model's error.
+        #[source]
+        source: edgelm_model::ModelError,
     },
 }

@@ -12,16 +12,17 @@ mod error;
 mod generate;
 mod perplexity;
 mod sampler;
+mod session;
 mod stop;
 
 pub use engine::{LogitsSource, ModelEngine};
 pub use error::RuntimeError;
 pub use generate::{
-    ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, GenerationResult, Session,
-    Timings,
+    ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, GenerationResult, Timings,
 };
 pub use perplexity::{
     perplexity, perplexity_with, token_nll, ChunkProgress, PerplexityOptions, PerplexityResult,
 };
 pub use sampler::{Sampler, SamplerConfig};
+pub use session::Session;
 pub use stop::{StopMatcher, StopOutcome};

@@ -11,9 +11,13 @@
 //! - after each window the running estimate is `exp(nll / count)`; at the end
 //!   `PPL = exp(mean)` and its error is `sqrt((mean(nll²) - mean²) / (count - 1)) * PPL`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::{LogitsSource, RuntimeError};
+use edgelm_kernels::ThreadPool;
+use edgelm_model::Model;
+
+use crate::{LogitsSource, ModelEngine, RuntimeError};
 
 /// Parameters of a perplexity run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,8 +150,17 @@ pub fn perplexity_with<S: LogitsSource + ?Sized>(
         source.truncate(0);
         let mut batch_start = 0;
         while batch_start < n_ctx {
-            let batch_end = (batch_start + n_batch).min(n_ctx);
-            let logits = source.eval(&window[batch_start..batch_end], true)?;
+            // Batches end at `first` too: the unscored first half needs no logits.
+            let mut batch_end = (batch_start + n_batch).min(n_ctx);
+            if batch_start < first && batch_end > first {
+                batch_end = first;
+            }
+            let scored = batch_start >= first;
+            let logits = source.eval(&window[batch_start..batch_end], scored)?;
+            if !scored {
+                batch_start = batch_end;
+                continue;
+            }
             let n_rows = batch_end - batch_start;
             if logits.len() != n_rows * n_vocab {
                 return Err(RuntimeError::InvalidOption {
@@ -160,7 +173,7 @@ pub fn perplexity_with<S: LogitsSource + ?Sized>(
                 });
             }
             for (row, pos) in (batch_start..batch_end).enumerate() {
-                if pos < first || pos + 1 >= n_ctx {
+                if pos + 1 >= n_ctx {
                     continue;
                 }
                 // Targets are the original tokens (never the BOS substitute).
@@ -199,6 +212,46 @@ pub fn perplexity_with<S: LogitsSource + ?Sized>(
     })
 }
 
+/// Runs perplexity on the real model (a fresh state of `opts.n_ctx` positions).
+pub fn perplexity(
+    model: &Arc<Model>,
+    pool: &Arc<ThreadPool>,
+    tokens: &[u32],
+    opts: &PerplexityOptions,
+    progress: impl FnMut(&ChunkProgress),
+) -> Result<PerplexityResult, RuntimeError> {
+    if opts.n_ctx < 4 || opts.n_batch == 0 {
+        // Reported with the proper message before any allocation.
+        return perplexity_with(&mut NoSource, tokens, opts, progress);
+    }
+    let mut engine = ModelEngine::new(
+        Arc::clone(model),
+        Arc::clone(pool),
+        opts.n_ctx,
+        opts.n_batch.min(opts.n_ctx),
+    )?;
+    perplexity_with(&mut engine, tokens, opts, progress)
+}
+
+/// Placeholder source used only to route option errors through [`perplexity_with`].
+struct NoSource;
+
+impl LogitsSource for NoSource {
+    fn n_vocab(&self) -> usize {
+        0
+    }
+    fn n_ctx(&self) -> usize {
+        0
+    }
+    fn pos(&self) -> usize {
+        0
+    }
+    fn truncate(&mut self, _n_tokens: usize) {}
+    fn eval(&mut self, _tokens: &[u32], _all: bool) -> Result<&[f32], RuntimeError> {
+        Ok(&[])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +263,8 @@ mod tests {
         pos: usize,
         buf: Vec<f32>,
         fed: Vec<Vec<u32>>,
+        /// (batch length, all logits requested) per eval call.
+        all_flags: Vec<(usize, bool)>,
     }
 
     impl Synthetic {
@@ -220,6 +275,7 @@ mod tests {
                 pos: 0,
                 buf: Vec::new(),
                 fed: vec![Vec::new()],
+                all_flags: Vec::new(),
             }
         }
         fn row(n_vocab: usize, pos: usize, tok: u32) -> Vec<f32> {
@@ -245,14 +301,18 @@ mod tests {
             self.fed.push(Vec::new());
         }
         fn eval(&mut self, tokens: &[u32], all: bool) -> Result<&[f32], RuntimeError> {
-            assert!(all);
             self.buf.clear();
             for &t in tokens {
                 self.buf.extend(Self::row(self.n_vocab, self.pos, t));
                 self.pos += 1;
             }
             self.fed.last_mut().unwrap().extend_from_slice(tokens);
-            Ok(&self.buf)
+            self.all_flags.push((tokens.len(), all));
+            if all {
+                Ok(&self.buf)
+            } else {
+                Ok(&self.buf[self.buf.len() - self.n_vocab..])
+            }
         }
     }
 
@@ -261,13 +321,22 @@ mod tests {
     }
 
     /// Straightforward reference: explicit softmax per scored position, all in f64.
-    fn reference(toks: &[u32], n_vocab: usize, n_ctx: usize, bos: Option<u32>) -> (f64, f64, usize) {
+    fn reference(
+        toks: &[u32],
+        n_vocab: usize,
+        n_ctx: usize,
+        bos: Option<u32>,
+    ) -> (f64, f64, usize) {
         let n_chunks = toks.len() / n_ctx;
         let mut scores = Vec::new();
         for c in 0..n_chunks {
             let win = &toks[c * n_ctx..(c + 1) * n_ctx];
             for pos in n_ctx / 2..n_ctx - 1 {
-                let input = if pos == 0 { bos.unwrap_or(win[0]) } else { win[pos] };
+                let input = if pos == 0 {
+                    bos.unwrap_or(win[0])
+                } else {
+                    win[pos]
+                };
                 let row = Synthetic::row(n_vocab, pos, input);
                 let z: f64 = row.iter().map(|&l| (l as f64).exp()).sum();
                 let p = (row[win[pos + 1] as usize] as f64).exp() / z;
@@ -300,8 +369,24 @@ mod tests {
             assert_eq!(r.n_tokens_scored, n);
             assert_eq!(n, 5 * (n_ctx - n_ctx / 2 - 1));
             assert!((r.ppl - ppl).abs() < 1e-5 * ppl, "{} vs {ppl}", r.ppl);
-            assert!((r.ppl_stderr - err).abs() < 1e-4 * err, "{} vs {err}", r.ppl_stderr);
+            assert!(
+                (r.ppl_stderr - err).abs() < 1e-4 * err,
+                "{} vs {err}",
+                r.ppl_stderr
+            );
             assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+            // Logits are requested only for the scored half, never across `first`.
+            let mut pos = 0;
+            for &(len, all) in &src.all_flags {
+                let p = pos % n_ctx;
+                assert_eq!(
+                    all,
+                    p >= n_ctx / 2,
+                    "batch at {p} (len {len}, n_batch {n_batch})"
+                );
+                assert!(p >= n_ctx / 2 || p + len <= n_ctx / 2);
+                pos += len;
+            }
             assert_eq!(r.per_chunk.len(), 5);
             assert!((r.per_chunk[4] - r.ppl).abs() < 1e-12);
         }
@@ -360,7 +445,11 @@ mod tests {
         };
         assert!(matches!(
             perplexity_with(&mut src, &tokens(15, 5), &o, |_| {}),
-            Err(RuntimeError::NotEnoughTokens { needed: 16, got: 15, .. })
+            Err(RuntimeError::NotEnoughTokens {
+                needed: 16,
+                got: 15,
+                ..
+            })
         ));
         let mut bad = tokens(16, 5);
         bad[3] = 9;
@@ -369,12 +458,27 @@ mod tests {
             Err(RuntimeError::TokenOutOfRange { id: 9, .. })
         ));
         for o in [
-            PerplexityOptions { n_ctx: 2, ..o.clone() },
-            PerplexityOptions { n_batch: 0, ..o.clone() },
-            PerplexityOptions { n_chunks: Some(0), ..o.clone() },
-            PerplexityOptions { n_ctx: 16, ..o.clone() },
+            PerplexityOptions {
+                n_ctx: 2,
+                ..o.clone()
+            },
+            PerplexityOptions {
+                n_batch: 0,
+                ..o.clone()
+            },
+            PerplexityOptions {
+                n_chunks: Some(0),
+                ..o.clone()
+            },
+            PerplexityOptions {
+                n_ctx: 16,
+                ..o.clone()
+            },
         ] {
-            assert!(perplexity_with(&mut src, &tokens(64, 5), &o, |_| {}).is_err(), "{o:?}");
+            assert!(
+                perplexity_with(&mut src, &tokens(64, 5), &o, |_| {}).is_err(),
+                "{o:?}"
+            );
         }
     }
 }

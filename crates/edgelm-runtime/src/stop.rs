@@ -158,19 +158,13 @@ mod tests {
 
     #[test]
     fn match_inside_one_piece_truncates_before_it() {
-        assert_eq!(
-            run(&["STOP"], &["abcSTOPdef"]),
-            ("abc".to_string(), true)
-        );
+        assert_eq!(run(&["STOP"], &["abcSTOPdef"]), ("abc".to_string(), true));
         assert_eq!(run(&["STOP"], &["STOP"]), (String::new(), true));
     }
 
     #[test]
     fn earliest_of_several_stops_wins() {
-        assert_eq!(
-            run(&["cd", "b"], &["abcd"]),
-            ("a".to_string(), true)
-        );
+        assert_eq!(run(&["cd", "b"], &["abcd"]), ("a".to_string(), true));
         assert_eq!(
             run(&["xyz", "yz!"], &["ax", "y", "z!"]),
             ("a".to_string(), true)
@@ -186,10 +180,7 @@ mod tests {
 
     #[test]
     fn multibyte_text_and_stops() {
-        assert_eq!(
-            run(&["é!"], &["café", "!"]),
-            ("caf".to_string(), true)
-        );
+        assert_eq!(run(&["é!"], &["café", "!"]), ("caf".to_string(), true));
         assert_eq!(run(&["éa"], &["é", "é", "b"]), ("ééb".to_string(), false));
     }
 

@@ -31,7 +31,7 @@ pub(crate) struct PreTokenizer {
     pub splitters: Vec<Splitter>,
     pub ignore_merges: bool,
     pub clean_spaces: bool,
-    /// `Some(true)` where llama.cpp forces `add_bos` for the pre-type (before metadata overrides).
+    /// Whether llama.cpp turns `add_bos` on for this pre-type (metadata can override it).
     pub add_bos: bool,
 }
 
@@ -49,19 +49,26 @@ impl PreTokenizer {
         let starcoder = || vec![Number, Gpt2];
         Some(match pre.unwrap_or("") {
             "" | "default" => make(default(), false, true, false),
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-            | "lfm2" | "jina-v5-nano" => make(vec![Llama3], true, true, true),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "jina-v5-nano" => make(vec![Llama3], true, true, true),
             "dbrx" | "smaug-bpe" => make(vec![Llama3], false, true, false),
             "tekken" => return None, // tekken uses its own pattern
-            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => make(vec![Qwen2], false, false, false),
-            "stablelm2" => make(vec![Qwen2], false, true, false),
-            "falcon" => make(vec![PunctRun { backtick: true }, Gpt2, Digits3], false, true, false),
-            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
-            | "a.x-4.0" | "mellum" | "modern-bert" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe"
-            | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" => make(vec![Gpt2], false, true, false),
-            "starcoder" | "refact" | "codeshell" | "exaone" | "exaone4" | "minerva-7b" | "mellum2" => {
-                make(starcoder(), false, true, false)
+            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => {
+                make(vec![Qwen2], false, false, false)
             }
+            "stablelm2" => make(vec![Qwen2], false, true, false),
+            "falcon" => make(
+                vec![PunctRun { backtick: true }, Gpt2, Digits3],
+                false,
+                true,
+                false,
+            ),
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
+            | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "jina-v1-en"
+            | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion"
+            | "granite-docling" => make(vec![Gpt2], false, true, false),
+            "starcoder" | "refact" | "codeshell" | "exaone" | "exaone4" | "minerva-7b"
+            | "mellum2" => make(starcoder(), false, true, false),
             "smollm" | "command-r" => make(starcoder(), false, false, false),
             _ => return None,
         })
@@ -70,7 +77,11 @@ impl PreTokenizer {
 
 /// Splits `cpts` (the text's code points) into words; returns word lengths in code points.
 pub(crate) fn split(cpts: &[u32], splitters: &[Splitter]) -> Vec<usize> {
-    let mut offsets = if cpts.is_empty() { Vec::new() } else { vec![cpts.len()] };
+    let mut offsets = if cpts.is_empty() {
+        Vec::new()
+    } else {
+        vec![cpts.len()]
+    };
     for &splitter in splitters {
         let mut out = Vec::with_capacity(offsets.len() * 2);
         let mut start = 0;
@@ -81,10 +92,15 @@ pub(crate) fn split(cpts: &[u32], splitters: &[Splitter]) -> Vec<usize> {
                 Splitter::Llama3 => split_llama3(chunk, &mut out, false),
                 Splitter::Qwen2 => split_llama3(chunk, &mut out, true),
                 Splitter::Number => split_runs(chunk, &mut out, is_collapsed_number, 1, 1),
-                Splitter::NumberRun => split_runs(chunk, &mut out, is_collapsed_number, 1, usize::MAX),
-                Splitter::Digits3 => split_runs(chunk, &mut out, |c| (0x30..=0x39).contains(&c), 3, 3),
+                Splitter::NumberRun => {
+                    split_runs(chunk, &mut out, is_collapsed_number, 1, usize::MAX)
+                }
+                Splitter::Digits3 => {
+                    split_runs(chunk, &mut out, |c| (0x30..=0x39).contains(&c), 3, 3)
+                }
                 Splitter::PunctRun { backtick } => {
-                    let class = move |c| is_collapsed_punct(c) || (backtick && c == u32::from(b'`'));
+                    let class =
+                        move |c| is_collapsed_punct(c) || (backtick && c == u32::from(b'`'));
                     split_runs(chunk, &mut out, class, 1, usize::MAX)
                 }
             }
@@ -118,7 +134,13 @@ fn is_collapsed_punct(c: u32) -> bool {
 
 /// Leftmost matches of `class{min,max}` (greedy), gaps kept as their own chunks: what
 /// `unicode_regex_split_stl` does for a single character-class pattern.
-fn split_runs(chunk: &[u32], out: &mut Vec<usize>, class: impl Fn(u32) -> bool, min: usize, max: usize) {
+fn split_runs(
+    chunk: &[u32],
+    out: &mut Vec<usize>,
+    class: impl Fn(u32) -> bool,
+    min: usize,
+    max: usize,
+) {
     let mut gap_start = 0;
     let mut pos = 0;
     while pos < chunk.len() {
@@ -207,7 +229,10 @@ fn split_gpt2(cpts: &[u32], out: &mut Vec<usize>) {
 
         if cpt == u32::from(b'\'') && pos + 1 < end {
             let next = c.cpt(pos + 1);
-            if [b's', b't', b'm', b'd'].iter().any(|&x| next == u32::from(x)) {
+            if [b's', b't', b'm', b'd']
+                .iter()
+                .any(|&x| next == u32::from(x))
+            {
                 pos += em.add(pos + 2);
                 continue;
             }
@@ -220,7 +245,11 @@ fn split_gpt2(cpts: &[u32], out: &mut Vec<usize>) {
             }
         }
 
-        let mut flags2 = if cpt == u32::from(b' ') { c.flags(pos + 1) } else { flags };
+        let mut flags2 = if cpt == u32::from(b' ') {
+            c.flags(pos + 1)
+        } else {
+            flags
+        };
         if is_letter(flags2) {
             pos += usize::from(cpt == u32::from(b' '));
             while is_letter(flags2) {
@@ -271,7 +300,10 @@ fn split_gpt2(cpts: &[u32], out: &mut Vec<usize>) {
 #[inline]
 fn is_pair(a: u32, b: u32) -> bool {
     let (a, b) = (char::from_u32(a), char::from_u32(b));
-    matches!((a, b), (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l')))
+    matches!(
+        (a, b),
+        (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))
+    )
 }
 
 /// Port of `unicode_regex_split_custom_llama3` (and `_qwen2` when `single_digits`).
@@ -287,7 +319,10 @@ fn split_llama3(cpts: &[u32], out: &mut Vec<usize>, single_digits: bool) {
 
         if cpt == u32::from(b'\'') && pos + 1 < end {
             let next = to_lower(c.cpt(pos + 1));
-            if [b's', b't', b'm', b'd'].iter().any(|&x| next == u32::from(x)) {
+            if [b's', b't', b'm', b'd']
+                .iter()
+                .any(|&x| next == u32::from(x))
+            {
                 pos += em.add(pos + 2);
                 continue;
             }
@@ -301,7 +336,9 @@ fn split_llama3(cpts: &[u32], out: &mut Vec<usize>, single_digits: bool) {
         }
 
         // [^\r\n\p{L}\p{N}]?\p{L}+
-        if !(cpt == cr || cpt == lf || is_number(flags)) && (is_letter(flags) || is_letter(c.flags(pos + 1))) {
+        if !(cpt == cr || cpt == lf || is_number(flags))
+            && (is_letter(flags) || is_letter(c.flags(pos + 1)))
+        {
             pos += 1;
             while is_letter(c.flags(pos)) {
                 pos += 1;
@@ -329,7 +366,11 @@ fn split_llama3(cpts: &[u32], out: &mut Vec<usize>, single_digits: bool) {
         }
 
         // <space>?[^\s\p{L}\p{N}]+[\r\n]*
-        let mut flags2 = if cpt == u32::from(b' ') { c.flags(pos + 1) } else { flags };
+        let mut flags2 = if cpt == u32::from(b' ') {
+            c.flags(pos + 1)
+        } else {
+            flags
+        };
         if !(is_ws(flags2) || is_letter(flags2) || is_number(flags2)) && flags != 0 {
             pos += usize::from(cpt == u32::from(b' '));
             while !(is_ws(flags2) || is_letter(flags2) || is_number(flags2)) && flags2 != 0 {
@@ -384,7 +425,10 @@ mod tests {
         split(&cpts, splitters)
             .into_iter()
             .map(|len| {
-                let w: String = cpts[start..start + len].iter().map(|&c| char::from_u32(c).unwrap()).collect();
+                let w: String = cpts[start..start + len]
+                    .iter()
+                    .map(|&c| char::from_u32(c).unwrap())
+                    .collect();
                 start += len;
                 w
             })
@@ -392,7 +436,11 @@ mod tests {
     }
 
     fn check(text: &str, splitters: &[Splitter], expect: &[&str]) {
-        assert_eq!(words(text, splitters), expect, "splitting {text:?} with {splitters:?}");
+        assert_eq!(
+            words(text, splitters),
+            expect,
+            "splitting {text:?} with {splitters:?}"
+        );
     }
 
     #[test]
@@ -408,7 +456,11 @@ mod tests {
     #[test]
     fn smollm_digits_split_first() {
         use Splitter::*;
-        check("12345 abc", &[Number, Gpt2], &["1", "2", "3", "4", "5", " abc"]);
+        check(
+            "12345 abc",
+            &[Number, Gpt2],
+            &["1", "2", "3", "4", "5", " abc"],
+        );
         check("a 42", &[Number, Gpt2], &["a", " ", "4", "2"]);
     }
 
@@ -416,14 +468,26 @@ mod tests {
     fn llama3_pattern() {
         use Splitter::*;
         check("1234567", &[Llama3], &["123", "456", "7"]);
-        check("IT'S ok\r\n\r\n  x", &[Llama3], &["IT", "'S", " ok", "\r\n\r\n", " ", " x"]);
-        check("hello...\n\nworld", &[Llama3], &["hello", "...\n\n", "world"]);
+        check(
+            "IT'S ok\r\n\r\n  x",
+            &[Llama3],
+            &["IT", "'S", " ok", "\r\n\r\n", " ", " x"],
+        );
+        check(
+            "hello...\n\nworld",
+            &[Llama3],
+            &["hello", "...\n\n", "world"],
+        );
         check("1234", &[Qwen2], &["1", "2", "3", "4"]);
     }
 
     #[test]
     fn default_pattern() {
         use Splitter::*;
-        check("a, b!! 12345", &[PunctRun { backtick: false }, Gpt2, NumberRun, Digits3], &["a", ",", " b", "!!", " ", "123", "45"]);
+        check(
+            "a, b!! 12345",
+            &[PunctRun { backtick: false }, Gpt2, NumberRun, Digits3],
+            &["a", ",", " b", "!!", " ", "123", "45"],
+        );
     }
 }

@@ -23,7 +23,9 @@ fn flag_table() -> &'static [u16] {
     TABLE.get_or_init(|| {
         let mut table = vec![flag::UNDEFINED; MAX_CODEPOINTS];
         for (i, &(start, flags)) in FLAG_RUNS.iter().enumerate() {
-            let end = FLAG_RUNS.get(i + 1).map_or(MAX_CODEPOINTS, |r| r.0 as usize);
+            let end = FLAG_RUNS
+                .get(i + 1)
+                .map_or(MAX_CODEPOINTS, |r| r.0 as usize);
             table[start as usize..end].fill(flags);
         }
         table
@@ -33,7 +35,10 @@ fn flag_table() -> &'static [u16] {
 /// `unicode_cpt_flags_from_cpt`: flags of a code point (0 past the Unicode range).
 #[inline]
 pub(crate) fn cpt_flags(cpt: u32) -> u16 {
-    flag_table().get(cpt as usize).copied().unwrap_or(flag::UNDEFINED)
+    flag_table()
+        .get(cpt as usize)
+        .copied()
+        .unwrap_or(flag::UNDEFINED)
 }
 
 /// `unicode_tolower`: binary search in llama.cpp's lowercase map.

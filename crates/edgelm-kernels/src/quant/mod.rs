@@ -8,6 +8,10 @@
 //! every block has alignment 1 and can be viewed in place over any byte slice (mmapped tensor
 //! data has no alignment guarantee) with `bytemuck`, without `unsafe`.
 
+// The loops index several arrays in lockstep exactly as ggml's C does, which keeps them easy to
+// check against the reference line by line.
+#![allow(clippy::needless_range_loop)]
+
 pub mod bf16;
 pub mod f16;
 pub mod f32;

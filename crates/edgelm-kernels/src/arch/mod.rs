@@ -1,0 +1,4 @@
+//! Architecture-specific kernels, reached only through the dispatch table.
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_64;

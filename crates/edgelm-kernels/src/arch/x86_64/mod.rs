@@ -1,0 +1,196 @@
+//! x86-64 kernels (AVX2 + FMA), installed into the table when the CPU has them.
+//!
+//! Each mirrors the arithmetic of ggml's AVX2 kernel in `ggml-cpu/arch/x86/quants.c` — the
+//! code llama.cpp runs on this machine — so that our logits follow llama.cpp's: exact 32-bit
+//! integer sums of 4 adjacent products in 8 lanes, `acc = fma(d_w * d_a, lane_sum, acc)` per
+//! block, then `hsum_float_8`. (Checked in the disassembly of the reference build's
+//! `libggml-cpu.so`: the Q4_1 min term is contracted to a scalar FMA, reproduced here.)
+
+use std::arch::x86_64::*;
+
+use crate::dispatch::KernelRow;
+use crate::quant::{blocks, f16le, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::GgmlType;
+
+/// Replaces the rows this CPU can speed up; returns the table's name, or `None` if nothing
+/// was replaced.
+pub(crate) fn install(rows: &mut [KernelRow]) -> Option<&'static str> {
+    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        return None;
+    }
+    for row in rows.iter_mut() {
+        match row.ty {
+            GgmlType::Q8_0 => row.vec_dot = Some(vec_dot_q8_0_q8_0),
+            GgmlType::Q4_1 => row.vec_dot = Some(vec_dot_q4_1_q8_1),
+            _ => {}
+        }
+    }
+    Some("avx2+fma")
+}
+
+/// Table entry: Q8_0 weights × Q8_0 activations. Only installed after AVX2 and FMA were
+/// detected.
+fn vec_dot_q8_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y): (&[BlockQ8_0], &[BlockQ8_0]) = (blocks(w), blocks(a));
+    assert_eq!(x.len(), y.len(), "vec_dot_q8_0_q8_0: block counts differ");
+    // SAFETY: `install` put this function in the table only after detecting AVX2 and FMA.
+    unsafe { q8_0_q8_0_avx2(x, y) }
+}
+
+/// Table entry: Q4_1 weights × Q8_1 activations (AVX2 and FMA detected by `install`).
+fn vec_dot_q4_1_q8_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y): (&[BlockQ4_1], &[BlockQ8_1]) = (blocks(w), blocks(a));
+    assert_eq!(x.len(), y.len(), "vec_dot_q4_1_q8_1: block counts differ");
+    // SAFETY: `install` put this function in the table only after detecting AVX2 and FMA.
+    unsafe { q4_1_q8_1_avx2(x, y) }
+}
+
+/// ggml's `hsum_float_8`: (hi + lo) halves, then (0+2, 1+3), then the two.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum_float_8(x: __m256) -> f32 {
+    let mut res = _mm256_extractf128_ps(x, 1);
+    res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+    res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+    res = _mm_add_ss(res, _mm_movehdup_ps(res));
+    _mm_cvtss_f32(res)
+}
+
+/// 8 lanes of `sum(ax[4l..4l+4] * sy[4l..4l+4])` as f32 (ax unsigned, sy signed bytes; the
+/// pair sums of `maddubs` cannot saturate for |ax| <= 128 and |sy| <= 127).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
+    let dot = _mm256_maddubs_epi16(ax, sy);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA. `x` and `y` have the same length.
+///
+/// Like ggml, it takes |x| and moves x's sign onto y; this is exact unless an activation
+/// quant is -128, which our activation quantizer never produces (|q| <= 127).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8_0_q8_0_avx2(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (xb, yb) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(f16le(xb.d) * f16le(yb.d));
+        // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+        let qx = unsafe { _mm256_loadu_si256(xb.qs.as_ptr().cast()) };
+        // SAFETY: as above.
+        let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+        let ax = _mm256_sign_epi8(qx, qx);
+        let sy = _mm256_sign_epi8(qy, qx);
+        let q = mul_sum_us8_pairs_float(ax, sy);
+        acc = _mm256_fmadd_ps(d, q, acc);
+    }
+    hsum_float_8(acc)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA. `x` and `y` have the same length.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q4_1_q8_1_avx2(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0.0f32;
+    let low_mask = _mm256_set1_epi8(0x0F);
+    for (xb, yb) in x.iter().zip(y) {
+        let d0 = f16le(xb.d);
+        let d1 = f16le(yb.d);
+        // ggml writes `summs += m * s`; the reference build contracts it to an FMA.
+        summs = f16le(xb.m).mul_add(f16le(yb.s), summs);
+        let d0d1 = _mm256_mul_ps(_mm256_set1_ps(d0), _mm256_set1_ps(d1));
+        // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
+        let tmp = unsafe { _mm_loadu_si128(xb.qs.as_ptr().cast()) };
+        // Low nibbles (elements 0..16) in the low half, high nibbles (16..32) in the high half.
+        let qx = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
+        // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+        let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+        let xy = mul_sum_us8_pairs_float(qx, qy);
+        acc = _mm256_fmadd_ps(d0d1, xy, acc);
+    }
+    hsum_float_8(acc) + summs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Kernels;
+
+    fn lcg(s: &mut u64) -> u64 {
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *s >> 33
+    }
+
+    /// Random blocks, including edge quants (all 0x00, all 0xFF, -128/127 weights) and zero /
+    /// extreme f16 scales; the results must equal the scalar reference up to the order of the
+    /// f32 block accumulation (8 FMA lanes instead of one running sum).
+    #[test]
+    fn avx2_dots_match_scalar_reference() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            eprintln!("skipped: CPU lacks AVX2/FMA");
+            return;
+        }
+        let scalar = Kernels::scalar();
+        let mut s = 42u64;
+        for case in 0..200usize {
+            let n = 32 * (1 + case % 17);
+            let x: Vec<f32> = (0..n)
+                .map(|i| match case % 5 {
+                    0 => 0.0,
+                    1 if i % 7 == 0 => 1e4,
+                    _ => (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 3.0,
+                })
+                .collect();
+            for ty in [GgmlType::Q8_0, GgmlType::Q4_1] {
+                let ts = ty.type_size();
+                let mut w: Vec<u8> = (0..n / 32 * ts).map(|_| lcg(&mut s) as u8).collect();
+                for (bi, b) in w.chunks_exact_mut(ts).enumerate() {
+                    match (case + bi) % 4 {
+                        0 => b.fill(0xFF),
+                        1 => b.fill(0x80),
+                        _ => {}
+                    }
+                    let scale = match (case + bi) % 6 {
+                        0 => 0.0,
+                        1 => 65504.0,
+                        _ => (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 0.1,
+                    };
+                    b[0..2].copy_from_slice(&crate::f32_to_f16(scale).to_le_bytes());
+                    if ty == GgmlType::Q4_1 {
+                        b[2..4].copy_from_slice(&crate::f32_to_f16(-scale * 3.0).to_le_bytes());
+                    }
+                }
+                let act_ty = scalar.vec_dot_type(ty).expect("weight type");
+                let mut a = vec![0u8; crate::row_bytes(act_ty, n).expect("bytes")];
+                scalar
+                    .quantize_activation(act_ty, &x, &mut a)
+                    .expect("quantize");
+                let want = scalar.vec_dot(ty, n, &w, &a).expect("dot");
+                let got = match ty {
+                    GgmlType::Q8_0 => vec_dot_q8_0_q8_0(n, &w, &a),
+                    _ => vec_dot_q4_1_q8_1(n, &w, &a),
+                };
+                // Budget: accumulation-order rounding, relative to the sum of |block terms|.
+                let mut mag = 0.0f64;
+                let mut wf = vec![0.0f32; n];
+                let mut af = vec![0.0f32; n];
+                scalar.dequantize_row(ty, &w, &mut wf).expect("deq");
+                scalar.dequantize_row(act_ty, &a, &mut af).expect("deq");
+                for (p, q) in wf.iter().zip(&af) {
+                    mag += (*p as f64 * *q as f64).abs();
+                }
+                if want.is_finite() {
+                    assert!(
+                        ((got - want) as f64).abs() <= 1e-5 * mag + 1e-30,
+                        "{ty} case {case}: avx2 {got} scalar {want}"
+                    );
+                } else {
+                    assert_eq!(got.is_nan(), want.is_nan(), "{ty} case {case}");
+                }
+            }
+        }
+    }
+}

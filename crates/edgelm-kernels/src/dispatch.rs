@@ -1,0 +1,309 @@
+//! The kernel table: one row per type (dequantize, vec_dot, its activation type, activation
+//! quantizer), chosen once at start-up — ggml's `type_traits_cpu[]`.
+
+use std::sync::OnceLock;
+
+use crate::quant;
+use crate::{row_bytes, GgmlType, KernelError};
+
+/// Dequantizes whole blocks: `src` holds `dst.len() / block_size` blocks.
+pub(crate) type DequantizeFn = fn(&[u8], &mut [f32]);
+/// Dot product of one weight row of `n` elements with one activation row of `n` elements in
+/// the row's `vec_dot_type`. Lengths are validated by the caller.
+pub(crate) type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
+/// Quantizes `x` into `dst` (exactly `row_bytes(ty, x.len())` bytes).
+pub(crate) type QuantizeFn = fn(&[f32], &mut [u8]);
+
+/// One row of the table.
+#[derive(Clone, Copy)]
+pub(crate) struct KernelRow {
+    pub(crate) ty: GgmlType,
+    pub(crate) vec_dot_type: GgmlType,
+    pub(crate) dequantize: DequantizeFn,
+    /// `None` for activation-only types (Q8_1, Q8_K), which ggml does not multiply as weights.
+    pub(crate) vec_dot: Option<VecDotFn>,
+    /// The type's `from_float`; `None` for weight-only types.
+    pub(crate) quantize: Option<QuantizeFn>,
+}
+
+/// A complete kernel table: the scalar reference or the best one for this CPU.
+pub struct Kernels {
+    name: &'static str,
+    rows: Vec<KernelRow>,
+}
+
+/// Every type with kernels, in the table's order.
+pub const SUPPORTED_TYPES: [GgmlType; 15] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q8_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+];
+
+fn scalar_rows() -> Vec<KernelRow> {
+    use quant::*;
+    use GgmlType as T;
+    vec![
+        KernelRow {
+            ty: T::F32,
+            vec_dot_type: T::F32,
+            dequantize: f32::dequantize_row,
+            vec_dot: Some(|_, w, a| f32::vec_dot(w, a)),
+            quantize: Some(f32::quantize_row),
+        },
+        KernelRow {
+            ty: T::F16,
+            vec_dot_type: T::F16,
+            dequantize: f16::dequantize_row,
+            vec_dot: Some(|_, w, a| f16::vec_dot(w, a)),
+            quantize: Some(f16::quantize_row),
+        },
+        KernelRow {
+            ty: T::BF16,
+            vec_dot_type: T::BF16,
+            dequantize: bf16::dequantize_row,
+            vec_dot: Some(|_, w, a| bf16::vec_dot(w, a)),
+            quantize: Some(bf16::quantize_row),
+        },
+        KernelRow {
+            ty: T::Q4_0,
+            vec_dot_type: T::Q8_0,
+            dequantize: |s, d| q4_0::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q4_0::vec_dot(blocks(w), blocks(a))),
+            quantize: None,
+        },
+        KernelRow {
+            ty: T::Q4_1,
+            vec_dot_type: T::Q8_1,
+            dequantize: |s, d| q4_1::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q4_1::vec_dot(blocks(w), blocks(a))),
+            quantize: None,
+        },
+        KernelRow {
+            ty: T::Q5_0,
+            vec_dot_type: T::Q8_0,
+            dequantize: |s, d| q5_0::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q5_0::vec_dot(blocks(w), blocks(a))),
+            quantize: None,
+        },
+        KernelRow {
+            ty: T::Q5_1,
+            vec_dot_type: T::Q8_1,
+            dequantize: |s, d| q5_1::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q5_1::vec_dot(blocks(w), blocks(a))),
+            quantize: None,
+        },
+        KernelRow {
+            ty: T::Q8_0,
+            vec_dot_type: T::Q8_0,
+            dequantize: |s, d| q8_0::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q8_0::vec_dot(blocks(w), blocks(a))),
+            quantize: Some(|x, d| q8_0::quantize_row(x, blocks_mut(d))),
+        },
+        KernelRow {
+            ty: T::Q8_1,
+            vec_dot_type: T::Q8_1,
+            dequantize: |s, d| q8_1::dequantize_row(blocks(s), d),
+            vec_dot: None,
+            quantize: Some(|x, d| q8_1::quantize_row(x, blocks_mut(d))),
+        },
+        KernelRow {
+            ty: T::Q2_K,
+            vec_dot_type: T::Q8_K,
+            dequantize: |s, d| q2_k::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q2_k::vec_dot(blocks(w), blocks(a))),
+            quantize: None,
+        },
+        KernelRow {
+            ty: T::Q3_K,
+            vec_dot_type: T::Q8_K,
+            dequantize: |s, d| q3_k::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q3_k::vec_dot(blocks(w), blocks(a))),
+            quantize: None,
+        },
+        KernelRow {
+            ty: T::Q4_K,
+            vec_dot_type: T::Q8_K,
+            dequantize: |s, d| q4_k::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q4_k::vec_dot(blocks(w), blocks(a))),
+            quantize: None,
+        },
+        KernelRow {
+            ty: T::Q5_K,
+            vec_dot_type: T::Q8_K,
+            dequantize: |s, d| q5_k::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q5_k::vec_dot(blocks(w), blocks(a))),
+            quantize: None,
+        },
+        KernelRow {
+            ty: T::Q6_K,
+            vec_dot_type: T::Q8_K,
+            dequantize: |s, d| q6_k::dequantize_row(blocks(s), d),
+            vec_dot: Some(|_, w, a| q6_k::vec_dot(blocks(w), blocks(a))),
+            quantize: None,
+        },
+        KernelRow {
+            ty: T::Q8_K,
+            vec_dot_type: T::Q8_K,
+            dequantize: |s, d| q8_k::dequantize_row(blocks(s), d),
+            vec_dot: None,
+            quantize: Some(|x, d| q8_k::quantize_row(x, blocks_mut(d))),
+        },
+    ]
+}
+
+impl Kernels {
+    /// The scalar reference table (the definition every faster table is tested against).
+    pub fn scalar() -> &'static Kernels {
+        static SCALAR: OnceLock<Kernels> = OnceLock::new();
+        SCALAR.get_or_init(|| Kernels {
+            name: "scalar",
+            rows: scalar_rows(),
+        })
+    }
+
+    /// The fastest table this CPU supports (detected at run time).
+    pub fn best() -> &'static Kernels {
+        static BEST: OnceLock<Kernels> = OnceLock::new();
+        BEST.get_or_init(|| {
+            #[allow(unused_mut)]
+            let mut k = Kernels {
+                name: "scalar",
+                rows: scalar_rows(),
+            };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(name) = crate::arch::x86_64::install(&mut k.rows) {
+                k.name = name;
+            }
+            k
+        })
+    }
+
+    /// A short name of the table ("scalar", "avx2+fma").
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn row(&self, ty: GgmlType, op: &'static str) -> Result<&KernelRow, KernelError> {
+        self.rows
+            .iter()
+            .find(|r| r.ty == ty)
+            .ok_or(KernelError::Unsupported { ty, op })
+    }
+
+    /// The activation type `ty`'s weights are multiplied with (ggml's `vec_dot_type`).
+    pub fn vec_dot_type(&self, ty: GgmlType) -> Result<GgmlType, KernelError> {
+        let row = self.row(ty, "vec_dot")?;
+        if row.vec_dot.is_none() {
+            return Err(KernelError::Unsupported { ty, op: "vec_dot" });
+        }
+        Ok(row.vec_dot_type)
+    }
+
+    /// Dequantizes `dst.len()` elements of type `ty` from `src`.
+    pub fn dequantize_row(
+        &self,
+        ty: GgmlType,
+        src: &[u8],
+        dst: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let row = self.row(ty, "dequantize")?;
+        check_len(
+            ty,
+            "dequantize source",
+            row_bytes(ty, dst.len())?,
+            src.len(),
+        )?;
+        (row.dequantize)(src, dst);
+        Ok(())
+    }
+
+    /// Quantizes `x` to the activation type `act_ty` into `dst`
+    /// (`dst.len() == row_bytes(act_ty, x.len())`).
+    pub fn quantize_activation(
+        &self,
+        act_ty: GgmlType,
+        x: &[f32],
+        dst: &mut [u8],
+    ) -> Result<(), KernelError> {
+        let row = self.row(act_ty, "quantize_activation")?;
+        let quantize = row.quantize.ok_or(KernelError::Unsupported {
+            ty: act_ty,
+            op: "quantize_activation",
+        })?;
+        check_len(
+            act_ty,
+            "quantized activation",
+            row_bytes(act_ty, x.len())?,
+            dst.len(),
+        )?;
+        quantize(x, dst);
+        Ok(())
+    }
+
+    /// Dot product of one weight row (`n` elements of `ty`) with one activation row quantized
+    /// to `vec_dot_type(ty)`.
+    pub fn vec_dot(
+        &self,
+        ty: GgmlType,
+        n: usize,
+        w: &[u8],
+        act: &[u8],
+    ) -> Result<f32, KernelError> {
+        let (f, act_ty) = self.vec_dot_fn(ty)?;
+        check_len(ty, "vec_dot weights", row_bytes(ty, n)?, w.len())?;
+        check_len(
+            act_ty,
+            "vec_dot activation",
+            row_bytes(act_ty, n)?,
+            act.len(),
+        )?;
+        Ok(f(n, w, act))
+    }
+
+    pub(crate) fn vec_dot_fn(&self, ty: GgmlType) -> Result<(VecDotFn, GgmlType), KernelError> {
+        let row = self.row(ty, "vec_dot")?;
+        let f = row
+            .vec_dot
+            .ok_or(KernelError::Unsupported { ty, op: "vec_dot" })?;
+        Ok((f, row.vec_dot_type))
+    }
+}
+
+pub(crate) fn check_len(
+    ty: GgmlType,
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
+    if expected != got {
+        return Err(KernelError::BadLength {
+            ty,
+            what,
+            expected,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// The process-wide kernel table, chosen on first use: [`Kernels::best`], or
+/// [`Kernels::scalar`] when the environment variable `EDGELM_KERNELS` is `scalar`.
+pub fn kernels() -> &'static Kernels {
+    static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
+    CHOSEN.get_or_init(|| match std::env::var("EDGELM_KERNELS") {
+        Ok(v) if v.eq_ignore_ascii_case("scalar") => Kernels::scalar(),
+        _ => Kernels::best(),
+    })
+}

@@ -1,0 +1,104 @@
+//! Matrix × activations: the single entry point the model's linear layers go through.
+
+use crate::dispatch::{check_len, kernels};
+use crate::{row_bytes, GgmlType, KernelError, ThreadPool};
+
+/// A raw pointer to the output that worker threads write disjoint elements of.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only used to write elements that no other thread touches (each worker
+// owns a disjoint range of weight rows, hence disjoint output columns), while the `&mut [f32]`
+// it came from is borrowed for the whole parallel section.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// Weight rows each parallel task takes at least (amortizes scheduling).
+const MIN_ROWS_PER_TASK: usize = 16;
+
+/// `out[t][r] = dot(w[r], act[t])` for every weight row `r` and token `t`.
+///
+/// - `w`: `n_rows` rows of `n_cols` elements of `ty` (`n_rows * row_bytes(ty, n_cols)` bytes);
+/// - `act`: `n_tokens` rows of `n_cols` elements already quantized to `vec_dot_type(ty)`
+///   (see [`quantize_activations`]);
+/// - `out`: `[n_tokens][n_rows]`, token-major.
+///
+/// Parallel over weight rows; each weight row is read once and multiplied with every token
+/// while it is hot in cache. Every element is computed by the same per-row `vec_dot` as
+/// [`crate::vec_dot`], so the result does not depend on the thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    pool: &ThreadPool,
+    ty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    n_cols: usize,
+    act: &[u8],
+    n_tokens: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let (dot, act_ty) = kernels().vec_dot_fn(ty)?;
+    let w_row = row_bytes(ty, n_cols)?;
+    let a_row = row_bytes(act_ty, n_cols)?;
+    let overflow = |what| KernelError::Overflow { what };
+    let w_len = n_rows
+        .checked_mul(w_row)
+        .ok_or_else(|| overflow("matmul weights"))?;
+    let a_len = n_tokens
+        .checked_mul(a_row)
+        .ok_or_else(|| overflow("matmul activations"))?;
+    let o_len = n_tokens
+        .checked_mul(n_rows)
+        .ok_or_else(|| overflow("matmul output"))?;
+    check_len(ty, "matmul weights", w_len, w.len())?;
+    check_len(act_ty, "matmul activations", a_len, act.len())?;
+    check_len(GgmlType::F32, "matmul output", o_len, out.len())?;
+    if o_len == 0 {
+        return Ok(());
+    }
+
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    pool.for_each_chunk(n_rows, MIN_ROWS_PER_TASK, move |rows| {
+        let out_ptr = out_ptr;
+        for r in rows {
+            let w_r = &w[r * w_row..(r + 1) * w_row];
+            for t in 0..n_tokens {
+                let v = dot(n_cols, w_r, &act[t * a_row..(t + 1) * a_row]);
+                // SAFETY: t < n_tokens and r < n_rows, so t * n_rows + r < o_len ==
+                // out.len(); row r belongs to this task alone, so no other thread writes this
+                // element, and `out` stays mutably borrowed until for_each_chunk returns.
+                unsafe { *out_ptr.0.add(t * n_rows + r) = v };
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Quantizes `n_tokens` rows of `n_cols` f32 values (`x`, token-major) to `act_ty`, one row
+/// after the other, into `dst`, which is resized to `n_tokens * row_bytes(act_ty, n_cols)`
+/// (the caller keeps it as a reusable scratch buffer).
+pub fn quantize_activations(
+    act_ty: GgmlType,
+    x: &[f32],
+    n_tokens: usize,
+    n_cols: usize,
+    dst: &mut Vec<u8>,
+) -> Result<(), KernelError> {
+    let k = kernels();
+    // An empty conversion checks up front that act_ty is an activation type.
+    k.quantize_activation(act_ty, &[], &mut [])?;
+    let row = row_bytes(act_ty, n_cols)?;
+    let x_len = n_tokens.checked_mul(n_cols).ok_or(KernelError::Overflow {
+        what: "activation elements",
+    })?;
+    check_len(GgmlType::F32, "activations", x_len, x.len())?;
+    // x.len() == n_tokens * n_cols bounds this size by the caller's own buffer.
+    dst.resize(n_tokens * row, 0);
+    if row == 0 {
+        return Ok(());
+    }
+    for (xs, d) in x.chunks_exact(n_cols.max(1)).zip(dst.chunks_exact_mut(row)) {
+        k.quantize_activation(act_ty, xs, d)?;
+    }
+    Ok(())
+}

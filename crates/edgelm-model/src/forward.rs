@@ -1,0 +1,410 @@
+//! The forward pass, mirroring llama.cpp's CPU graph (`llm_build_llama`, `build_attn`,
+//! `build_ffn`) operation by operation:
+//!
+//! 1. `x = token_embd[token]` (row dequantized, `ggml_get_rows`).
+//! 2. Per block: `xn = rmsnorm(x) * attn_norm`; Q, K, V = matmuls with `xn` quantized to the
+//!    weight's `vec_dot_type` (llama.cpp's quantized-activation path), plus biases (qwen2);
+//!    per-head RMSNorm of Q and K (qwen3); RoPE on Q and K (NORM for llama, NEOX for qwen);
+//!    K and V stored in the F16 cache; attention as llama.cpp's CPU flash attention (see
+//!    below); `x += wo · attn`; `xn = rmsnorm(x) * ffn_norm`;
+//!    `x += w_down · (silu(w_gate · xn) * (w_up · xn))`.
+//! 3. `logits = output · (rmsnorm(x) * output_norm)` for the rows asked for.
+//!
+//! **Attention path mirrored.** llama.cpp's default `flash_attn_type` is AUTO, which resolves
+//! to *enabled* when the device running the layer supports `FLASH_ATTN_EXT` — always true for
+//! the CPU backend with an F16 cache. So `llama-cli`, `llama-perplexity` and the server use
+//! flash attention on CPU by default (llama-cpp-python's `Llama(flash_attn=False)` is the
+//! exception: it forces it off). We mirror `ggml_compute_forward_flash_attn_ext_f16_one_chunk`:
+//! Q rounded to F16, K·Q with the F16 dot (f32 accumulation), scale, online softmax with
+//! `expf`, V accumulated in an F16 buffer, divided by the sum at the end
+//! ([`edgelm_kernels::ops::attention_one_query_f16`]). llama.cpp takes that path for batches
+//! under 64 tokens with fewer than 512 cached cells; for larger batches (tiled path) and long
+//! single-token decodes (split-KV path) its rounding differs slightly from ours.
+
+use edgelm_kernels::ops::{self, attention_one_query_f16, rope_cache, rope_forward};
+use edgelm_kernels::ThreadPool;
+use half::f16;
+
+use crate::config::ModelConfig;
+use crate::kern::{self, act_bytes};
+use crate::weights::{Matrix, Weights};
+use crate::{Logits, Model, ModelError, State};
+
+/// Activation buffers for a batch of up to `max_batch` tokens (T), allocated once.
+pub(crate) struct Scratch {
+    /// Residual stream [T, C].
+    x: Vec<f32>,
+    /// Normed input of a sub-block [T, C].
+    xn: Vec<f32>,
+    /// Quantized activations (largest of all matmul inputs) [T, row bytes].
+    act: Vec<u8>,
+    /// [T, H·D]
+    q: Vec<f32>,
+    /// [T, KV·D]
+    k: Vec<f32>,
+    /// [T, KV·D]
+    v: Vec<f32>,
+    /// Attention output [T, H·D].
+    attn: Vec<f32>,
+    /// Output of wo / w_down [T, C].
+    proj: Vec<f32>,
+    /// [T, FF]
+    gate: Vec<f32>,
+    /// [T, FF]
+    up: Vec<f32>,
+    /// silu(gate) * up [T, FF]
+    hidden: Vec<f32>,
+    /// One query head in F16 [D].
+    q16: Vec<f16>,
+    /// F16 V accumulator [D].
+    acc16: Vec<f16>,
+    /// RoPE cos/sin [rope_dim].
+    rope: Vec<f32>,
+}
+
+fn matrices(w: &Weights) -> impl Iterator<Item = &Matrix> {
+    std::iter::once(&w.output).chain(
+        w.layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].into_iter()),
+    )
+}
+
+impl Scratch {
+    fn sizes(cfg: &ModelConfig, w: &Weights, t: usize) -> [usize; 3] {
+        let act = matrices(w)
+            .map(|m| act_bytes(m.act_ty, t, m.n_in))
+            .max()
+            .unwrap_or(0);
+        let f32s =
+            t * (4 * cfg.n_embd + 2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.n_ff) + cfg.rope_dim;
+        [act, f32s, 2 * cfg.head_dim]
+    }
+
+    /// Bytes of the scratch for a batch of `t` tokens.
+    pub fn bytes_for(cfg: &ModelConfig, w: &Weights, t: usize) -> usize {
+        let [a, f, h] = Self::sizes(cfg, w, t);
+        a + 4 * f + 2 * h
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.act.len()
+            + 4 * (self.x.len()
+                + self.xn.len()
+                + self.q.len()
+                + self.k.len()
+                + self.v.len()
+                + self.attn.len()
+                + self.proj.len()
+                + self.gate.len()
+                + self.up.len()
+                + self.hidden.len()
+                + self.rope.len())
+            + 2 * (self.q16.len() + self.acc16.len())
+    }
+
+    pub fn new(cfg: &ModelConfig, w: &Weights, t: usize) -> Result<Scratch, ModelError> {
+        let over = ModelError::Overflow {
+            what: "scratch buffers",
+        };
+        let n = |width: usize| {
+            t.checked_mul(width).ok_or(ModelError::Overflow {
+                what: "scratch buffers",
+            })
+        };
+        let act = matrices(w)
+            .map(|m| {
+                let row = m.n_in / m.act_ty.block_size() * m.act_ty.type_size();
+                t.checked_mul(row)
+            })
+            .try_fold(0usize, |acc, b| b.map(|b| acc.max(b)))
+            .ok_or(over)?;
+        Ok(Scratch {
+            x: vec![0.0; n(cfg.n_embd)?],
+            xn: vec![0.0; n(cfg.n_embd)?],
+            act: vec![0; act],
+            q: vec![0.0; n(cfg.q_dim())?],
+            k: vec![0.0; n(cfg.kv_dim())?],
+            v: vec![0.0; n(cfg.kv_dim())?],
+            attn: vec![0.0; n(cfg.q_dim())?],
+            proj: vec![0.0; n(cfg.n_embd)?],
+            gate: vec![0.0; n(cfg.n_ff)?],
+            up: vec![0.0; n(cfg.n_ff)?],
+            hidden: vec![0.0; n(cfg.n_ff)?],
+            q16: vec![f16::ZERO; cfg.head_dim],
+            acc16: vec![f16::ZERO; cfg.head_dim],
+            rope: vec![0.0; cfg.rope_dim],
+        })
+    }
+}
+
+pub(crate) fn forward<'s>(
+    model: &Model,
+    pool: &ThreadPool,
+    state: &'s mut State,
+    tokens: &[u32],
+    logits: Logits,
+) -> Result<&'s [f32], ModelError> {
+    let cfg = &model.config;
+    if tokens.is_empty() {
+        return Err(ModelError::EmptyInput);
+    }
+    if let Some((index, &token)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= cfg.n_vocab)
+    {
+        return Err(ModelError::InvalidToken {
+            token,
+            index,
+            n_vocab: cfg.n_vocab,
+        });
+    }
+    let needed = state
+        .pos
+        .checked_add(tokens.len())
+        .ok_or(ModelError::Overflow { what: "position" })?;
+    if needed > state.n_ctx {
+        return Err(ModelError::ContextFull {
+            n_ctx: state.n_ctx,
+            needed,
+        });
+    }
+    let span = tracing::debug_span!("forward", n_tokens = tokens.len(), pos = state.pos);
+    let _enter = span.enter();
+
+    let n_out_rows = match logits {
+        Logits::Last => 1,
+        Logits::All => tokens.len(),
+    };
+    let n_logits = n_out_rows
+        .checked_mul(cfg.n_vocab)
+        .ok_or(ModelError::Overflow { what: "logits" })?;
+    // Grows only when a caller asks for more rows than ever before (Logits::All over a longer
+    // input); never inside the per-batch loop.
+    if state.logits.len() < n_logits {
+        state.logits.resize(n_logits, 0.0);
+    }
+
+    let start_pos = state.pos;
+    let mut done = 0;
+    let result = (|| {
+        while done < tokens.len() {
+            let n = (tokens.len() - done).min(state.max_batch);
+            let piece = &tokens[done..done + n];
+            let out = match logits {
+                Logits::All => Some((0, done)),
+                Logits::Last if done + n == tokens.len() => Some((n - 1, 0)),
+                Logits::Last => None,
+            };
+            forward_batch(model, pool, state, piece, out)?;
+            state.pos += n;
+            done += n;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        // Cached positions past start_pos may be half-written: forget them.
+        state.pos = start_pos;
+        return Err(e);
+    }
+    Ok(&state.logits[..n_logits])
+}
+
+/// Runs one batch at `state.pos`. `out = Some((first_row, dst_row))`: the logits of batch rows
+/// `first_row..` are written to logits rows `dst_row..`.
+fn forward_batch(
+    model: &Model,
+    pool: &ThreadPool,
+    state: &mut State,
+    tokens: &[u32],
+    out: Option<(usize, usize)>,
+) -> Result<(), ModelError> {
+    let cfg = &model.config;
+    let file = &*model.file;
+    let w = &model.weights;
+    let t_n = tokens.len();
+    let (c, d) = (cfg.n_embd, cfg.head_dim);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let n_ctx = state.n_ctx;
+    let pos0 = state.pos;
+    let State {
+        k_cache,
+        v_cache,
+        s,
+        logits,
+        ..
+    } = state;
+
+    // 1. embeddings
+    for (t, &tok) in tokens.iter().enumerate() {
+        kern::dequantize_row(
+            file,
+            &w.token_embd,
+            tok as usize,
+            &mut s.x[t * c..(t + 1) * c],
+        )?;
+    }
+
+    let theta_scale = ops::rope_theta_scale(cfg.rope_theta, cfg.rope_dim);
+    let mode = cfg.arch.rope_mode();
+    let scale = cfg.kq_scale();
+    let group = cfg.n_head / cfg.n_head_kv;
+    let layer_len = n_ctx * kvd;
+
+    for (il, l) in w.layers.iter().enumerate() {
+        let _span = tracing::trace_span!("layer", il).entered();
+        // 2a. attention norm
+        for t in 0..t_n {
+            let r = t * c..(t + 1) * c;
+            ops::rmsnorm_forward(&mut s.xn[r.clone()], &s.x[r], &l.attn_norm, cfg.rms_eps);
+        }
+        // 2b. Q, K, V
+        let xn = &s.xn[..t_n * c];
+        qkv_matmul(pool, file, &l.wq, xn, t_n, &mut s.act, &mut s.q)?;
+        qkv_matmul(pool, file, &l.wk, xn, t_n, &mut s.act, &mut s.k)?;
+        qkv_matmul(pool, file, &l.wv, xn, t_n, &mut s.act, &mut s.v)?;
+        add_bias(&mut s.q[..t_n * qd], l.bq.as_deref());
+        add_bias(&mut s.k[..t_n * kvd], l.bk.as_deref());
+        add_bias(&mut s.v[..t_n * kvd], l.bv.as_deref());
+        if let Some(qn) = &l.q_norm {
+            for head in s.q[..t_n * qd].chunks_exact_mut(d) {
+                ops::rmsnorm_weighted_inplace(head, qn, cfg.rms_eps);
+            }
+        }
+        if let Some(kn) = &l.k_norm {
+            for head in s.k[..t_n * kvd].chunks_exact_mut(d) {
+                ops::rmsnorm_weighted_inplace(head, kn, cfg.rms_eps);
+            }
+        }
+        // 2c. RoPE, then K and V into the F16 cache: [L, KV, n_ctx, D]
+        let kc = &mut k_cache[il * layer_len..(il + 1) * layer_len];
+        let vc = &mut v_cache[il * layer_len..(il + 1) * layer_len];
+        for t in 0..t_n {
+            let p = pos0 + t;
+            rope_cache(
+                &mut s.rope,
+                p,
+                theta_scale,
+                cfg.rope_freq_scale,
+                w.rope_freqs.as_deref(),
+            );
+            for head in s.q[t * qd..(t + 1) * qd].chunks_exact_mut(d) {
+                rope_forward(head, &s.rope, mode);
+            }
+            for head in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(d) {
+                rope_forward(head, &s.rope, mode);
+            }
+            for h in 0..cfg.n_head_kv {
+                let dst = (h * n_ctx + p) * d;
+                let src = t * kvd + h * d;
+                ops::f32_to_f16_row(&mut kc[dst..dst + d], &s.k[src..src + d]);
+                ops::f32_to_f16_row(&mut vc[dst..dst + d], &s.v[src..src + d]);
+            }
+        }
+        // 2d. causal attention: token t sees positions 0..=pos0+t
+        for t in 0..t_n {
+            let n_kv = pos0 + t + 1;
+            for h in 0..cfg.n_head {
+                let hk = h / group;
+                let base = hk * n_ctx * d;
+                let qo = t * qd + h * d;
+                ops::f32_to_f16_row(&mut s.q16, &s.q[qo..qo + d]);
+                attention_one_query_f16(
+                    &mut s.attn[qo..qo + d],
+                    &mut s.acc16,
+                    &s.q16,
+                    &kc[base..base + n_kv * d],
+                    &vc[base..base + n_kv * d],
+                    n_kv,
+                    scale,
+                );
+            }
+        }
+        // 2e. output projection and residual
+        let act = kern::quantize(l.wo.act_ty, &s.attn[..t_n * qd], qd, &mut s.act, &l.wo.name)?;
+        kern::matmul(pool, file, &l.wo, act, t_n, &mut s.proj)?;
+        add_bias(&mut s.proj[..t_n * c], l.bo.as_deref());
+        add_into(&mut s.x[..t_n * c], &s.proj[..t_n * c]);
+
+        // 2f. feed-forward
+        for t in 0..t_n {
+            let r = t * c..(t + 1) * c;
+            ops::rmsnorm_forward(&mut s.xn[r.clone()], &s.x[r], &l.ffn_norm, cfg.rms_eps);
+        }
+        let xn = &s.xn[..t_n * c];
+        qkv_matmul(pool, file, &l.w_gate, xn, t_n, &mut s.act, &mut s.gate)?;
+        qkv_matmul(pool, file, &l.w_up, xn, t_n, &mut s.act, &mut s.up)?;
+        let ff = t_n * cfg.n_ff;
+        for t in 0..t_n {
+            let r = t * cfg.n_ff..(t + 1) * cfg.n_ff;
+            ops::swiglu_forward(&mut s.hidden[r.clone()], &s.gate[r.clone()], &s.up[r]);
+        }
+        let act = kern::quantize(
+            l.w_down.act_ty,
+            &s.hidden[..ff],
+            cfg.n_ff,
+            &mut s.act,
+            &l.w_down.name,
+        )?;
+        kern::matmul(pool, file, &l.w_down, act, t_n, &mut s.proj)?;
+        add_into(&mut s.x[..t_n * c], &s.proj[..t_n * c]);
+    }
+
+    // 3. output norm and projection of the rows asked for
+    if let Some((first, dst_row)) = out {
+        let n_rows = t_n - first;
+        for t in first..t_n {
+            let (src, dst) = (t * c..(t + 1) * c, (t - first) * c..(t - first + 1) * c);
+            ops::rmsnorm_forward(&mut s.xn[dst], &s.x[src], &w.output_norm, cfg.rms_eps);
+        }
+        let act = kern::quantize(
+            w.output.act_ty,
+            &s.xn[..n_rows * c],
+            c,
+            &mut s.act,
+            &w.output.name,
+        )?;
+        let v = cfg.n_vocab;
+        kern::matmul(
+            pool,
+            file,
+            &w.output,
+            act,
+            n_rows,
+            &mut logits[dst_row * v..(dst_row + n_rows) * v],
+        )?;
+    }
+    Ok(())
+}
+
+/// `out = W · x` with `x` ([T, n_in]) quantized to the weight's activation type.
+fn qkv_matmul(
+    pool: &ThreadPool,
+    file: &edgelm_gguf::GgufFile,
+    m: &Matrix,
+    x: &[f32],
+    t_n: usize,
+    act_buf: &mut [u8],
+    out: &mut [f32],
+) -> Result<(), ModelError> {
+    let act = kern::quantize(m.act_ty, x, m.n_in, act_buf, &m.name)?;
+    kern::matmul(pool, file, m, act, t_n, out)
+}
+
+fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (xi, bi) in row.iter_mut().zip(b) {
+                *xi += bi;
+            }
+        }
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
