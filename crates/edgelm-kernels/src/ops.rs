@@ -189,6 +189,12 @@ pub fn rope_cache(
 
 /// Rotates one head in place with a cache from [`rope_cache`] (`cache.len() == n_dims`);
 /// dimensions past `n_dims` are left as they are. x: [D].
+///
+/// The products are fused as GCC compiles llama.cpp's `rotate_pairs` (C++ is built with
+/// `-ffp-contract=fast`, GCC's default outside ISO C): `x0·c − x1·s` becomes
+/// `fma(x0, c, −(x1·s))` and `x0·s + x1·c` becomes `fma(x0, s, x1·c)`. With separate
+/// multiplies the rotated values differ by an ulp now and then, enough to move edgelm's logits
+/// off llama.cpp's from position 4 on.
 pub fn rope_forward(x: &mut [f32], cache: &[f32], mode: RopeMode) {
     let n_dims = cache.len();
     assert!(n_dims <= x.len(), "rope_forward: n_dims exceeds head dim");
@@ -197,8 +203,8 @@ pub fn rope_forward(x: &mut [f32], cache: &[f32], mode: RopeMode) {
             for i0 in (0..n_dims).step_by(2) {
                 let (c, s) = (cache[i0], cache[i0 + 1]);
                 let (x0, x1) = (x[i0], x[i0 + 1]);
-                x[i0] = x0 * c - x1 * s;
-                x[i0 + 1] = x0 * s + x1 * c;
+                x[i0] = x0.mul_add(c, -(x1 * s));
+                x[i0 + 1] = x0.mul_add(s, x1 * c);
             }
         }
         RopeMode::Neox => {
@@ -207,8 +213,8 @@ pub fn rope_forward(x: &mut [f32], cache: &[f32], mode: RopeMode) {
                 let ic = i0 / 2;
                 let (c, s) = (cache[i0], cache[i0 + 1]);
                 let (x0, x1) = (x[ic], x[ic + half]);
-                x[ic] = x0 * c - x1 * s;
-                x[ic + half] = x0 * s + x1 * c;
+                x[ic] = x0.mul_add(c, -(x1 * s));
+                x[ic + half] = x0.mul_add(s, x1 * c);
             }
         }
     }
@@ -337,7 +343,8 @@ pub fn attention_one_query_f16(
             vs = (s - max).exp();
         }
         mad_f16(acc, &v[ic * dv..(ic + 1) * dv], vs);
-        sum = sum * ms + vs;
+        // `S = S*ms + vs` in llama.cpp, contracted to one fma by GCC (C++, -ffp-contract=fast).
+        sum = sum.mul_add(ms, vs);
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for (o, a) in out.iter_mut().zip(acc.iter()) {
