@@ -26,10 +26,18 @@ pub(crate) struct KernelRow {
     pub(crate) quantize: Option<QuantizeFn>,
 }
 
+/// One-query flash attention over an F16 cache (see [`crate::ops::attention_one_query_f16`]).
+pub(crate) type AttnFn =
+    fn(&mut [f32], &mut [half::f16], &[half::f16], &[half::f16], &[half::f16], usize, f32);
+/// f32 row to F16 (round to nearest even).
+pub(crate) type ToF16Fn = fn(&mut [half::f16], &[f32]);
+
 /// A complete kernel table: the scalar reference or the best one for this CPU.
 pub struct Kernels {
-    name: &'static str,
-    rows: Vec<KernelRow>,
+    pub(crate) name: &'static str,
+    pub(crate) rows: Vec<KernelRow>,
+    pub(crate) attn: AttnFn,
+    pub(crate) to_f16: ToF16Fn,
 }
 
 /// Every type with kernels, in the table's order.
@@ -170,6 +178,8 @@ impl Kernels {
         SCALAR.get_or_init(|| Kernels {
             name: "scalar",
             rows: scalar_rows(),
+            attn: crate::ops::attention_one_query_f16,
+            to_f16: crate::ops::f32_to_f16_row,
         })
     }
 
@@ -181,11 +191,11 @@ impl Kernels {
             let mut k = Kernels {
                 name: "scalar",
                 rows: scalar_rows(),
+                attn: crate::ops::attention_one_query_f16,
+                to_f16: crate::ops::f32_to_f16_row,
             };
             #[cfg(target_arch = "x86_64")]
-            if let Some(name) = crate::arch::x86_64::install(&mut k.rows) {
-                k.name = name;
-            }
+            crate::arch::x86_64::install(&mut k);
             k
         })
     }
@@ -193,6 +203,27 @@ impl Kernels {
     /// A short name of the table ("scalar", "avx2+fma").
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Attention of one query head over `n_kv` cached positions, as
+    /// [`crate::ops::attention_one_query_f16`] (the scalar reference) computes it, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_one_query_f16(
+        &self,
+        out: &mut [f32],
+        acc: &mut [half::f16],
+        q: &[half::f16],
+        k: &[half::f16],
+        v: &[half::f16],
+        n_kv: usize,
+        scale: f32,
+    ) {
+        (self.attn)(out, acc, q, k, v, n_kv, scale)
+    }
+
+    /// Converts an f32 row to F16 (round to nearest even).
+    pub fn f32_to_f16_row(&self, dst: &mut [half::f16], src: &[f32]) {
+        (self.to_f16)(dst, src)
     }
 
     pub(crate) fn row(&self, ty: GgmlType, op: &'static str) -> Result<&KernelRow, KernelError> {

@@ -22,6 +22,7 @@ mod error;
 mod matmul;
 pub mod ops;
 pub mod quant;
+mod spin;
 mod threads;
 
 pub use convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};

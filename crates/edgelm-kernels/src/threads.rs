@@ -1,17 +1,30 @@
-//! The thread pool matrix ops run on. Backed by rayon for now; a purpose-built spinning pool
-//! can replace it behind the same API.
+//! The thread pool matrix ops run on: the purpose-built spinning pool ([`crate::spin`]) by
+//! default, rayon when `EDGELM_POOL=rayon` (kept to measure one against the other).
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::spin::SpinPool;
 use crate::KernelError;
+
+enum Backend {
+    Spin(SpinPool),
+    Rayon(rayon::ThreadPool),
+}
 
 /// A fixed-size pool of worker threads.
 pub struct ThreadPool {
-    pool: rayon::ThreadPool,
+    backend: Backend,
     n_threads: usize,
 }
+
+/// A raw pointer to rows that parallel tasks write disjoint parts of.
+struct RowsPtr<T>(*mut T);
+// SAFETY: each task derives a slice of rows no other task touches (see `for_each_row_mut`).
+unsafe impl<T: Send> Send for RowsPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for RowsPtr<T> {}
 
 impl ThreadPool {
     /// A pool of `n_threads` workers; 0 means one per available CPU.
@@ -21,15 +34,47 @@ impl ThreadPool {
         } else {
             n_threads
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n_threads)
-            .thread_name(|i| format!("edgelm-worker-{i}"))
-            .build()
-            .map_err(|e| KernelError::ThreadPool {
-                n_threads,
-                message: e.to_string(),
-            })?;
-        Ok(ThreadPool { pool, n_threads })
+        let use_rayon = std::env::var("EDGELM_POOL").is_ok_and(|v| v.eq_ignore_ascii_case("rayon"));
+        Self::build(n_threads, use_rayon)
+    }
+
+    fn build(n_threads: usize, use_rayon: bool) -> Result<ThreadPool, KernelError> {
+        let backend = if use_rayon {
+            Backend::Rayon(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n_threads)
+                    .thread_name(|i| format!("edgelm-worker-{i}"))
+                    .build()
+                    .map_err(|e| KernelError::ThreadPool {
+                        n_threads,
+                        message: e.to_string(),
+                    })?,
+            )
+        } else {
+            Backend::Spin(
+                SpinPool::new(n_threads).map_err(|e| KernelError::ThreadPool {
+                    n_threads,
+                    message: e.to_string(),
+                })?,
+            )
+        };
+        Ok(ThreadPool { backend, n_threads })
+    }
+
+    /// Name of the backend ("spin" or "rayon").
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Spin(_) => "spin",
+            Backend::Rayon(_) => "rayon",
+        }
+    }
+
+    /// Runs `f(c)` for every chunk index `c < n_chunks`, in parallel.
+    fn run(&self, n_chunks: usize, f: &(dyn Fn(usize) + Sync)) {
+        match &self.backend {
+            Backend::Spin(p) => p.run(n_chunks, f),
+            Backend::Rayon(p) => p.install(|| (0..n_chunks).into_par_iter().for_each(f)),
+        }
     }
 
     /// Number of worker threads.
@@ -58,11 +103,53 @@ impl ThreadPool {
             f(0..n_items);
             return;
         }
-        self.pool.install(|| {
-            (0..n_chunks).into_par_iter().for_each(|c| {
-                let start = c * chunk;
-                f(start..(start + chunk).min(n_items));
-            });
+        self.run(n_chunks, &|c| {
+            let start = c * chunk;
+            f(start..(start + chunk).min(n_items));
+        });
+    }
+}
+
+impl ThreadPool {
+    /// Calls `f(i, row)` for every `row_len`-long row `i` of `data`, in parallel; each task takes
+    /// at least `min_rows` consecutive rows. `data.len()` must be a multiple of `row_len`.
+    pub fn for_each_row_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        row_len: usize,
+        min_rows: usize,
+        f: impl Fn(usize, &mut [T]) + Sync + Send,
+    ) {
+        if row_len == 0 || data.is_empty() {
+            return;
+        }
+        assert_eq!(data.len() % row_len, 0, "for_each_row_mut: ragged rows");
+        let n_rows = data.len() / row_len;
+        let per_task = n_rows.div_ceil(self.n_threads * 4).max(min_rows.max(1));
+        if self.n_threads == 1 || per_task >= n_rows {
+            for (i, row) in data.chunks_exact_mut(row_len).enumerate() {
+                f(i, row);
+            }
+            return;
+        }
+        let n_chunks = n_rows.div_ceil(per_task);
+        let base = RowsPtr(data.as_mut_ptr());
+        self.run(n_chunks, &|c| {
+            let base = &base;
+            let first = c * per_task;
+            let last = (first + per_task).min(n_rows);
+            // SAFETY: chunk c covers rows first..last, disjoint from every other chunk's and
+            // inside `data` (last <= n_rows); `data` stays mutably borrowed until `run`
+            // returns, after every chunk has finished.
+            let rows = unsafe {
+                std::slice::from_raw_parts_mut(
+                    base.0.add(first * row_len),
+                    (last - first) * row_len,
+                )
+            };
+            for (j, row) in rows.chunks_exact_mut(row_len).enumerate() {
+                f(first + j, row);
+            }
         });
     }
 }
@@ -82,8 +169,8 @@ mod tests {
 
     #[test]
     fn chunks_cover_every_item_exactly_once() {
-        for n_threads in [1, 2, 3] {
-            let pool = ThreadPool::new(n_threads).expect("pool");
+        for (n_threads, rayon) in [(1, false), (2, false), (3, false), (2, true), (3, true)] {
+            let pool = ThreadPool::build(n_threads, rayon).expect("pool");
             assert_eq!(pool.n_threads(), n_threads);
             for (n, min_chunk) in [(0, 1), (1, 1), (7, 2), (100, 1), (1000, 64), (5, 0)] {
                 let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
@@ -94,6 +181,48 @@ mod tests {
                     }
                 });
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
+    }
+
+    #[test]
+    fn spin_pool_survives_panics_and_many_small_jobs() {
+        let pool = ThreadPool::build(3, false).expect("pool");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.for_each_chunk(64, 1, |r| assert!(!r.contains(&32), "boom"));
+        }));
+        assert!(r.is_err(), "the chunk's panic reaches the caller");
+        let total = AtomicUsize::new(0);
+        for _ in 0..2000 {
+            pool.for_each_chunk(8, 1, |r| {
+                total.fetch_add(r.len(), Ordering::Relaxed);
+            });
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 16000);
+        // Nested use runs inline instead of deadlocking.
+        let inner = AtomicUsize::new(0);
+        pool.for_each_chunk(4, 1, |_| {
+            pool.for_each_chunk(4, 1, |r| {
+                inner.fetch_add(r.len(), Ordering::Relaxed);
+            })
+        });
+        assert_eq!(inner.load(Ordering::Relaxed), 16);
+    }
+
+    #[test]
+    fn rows_are_visited_once_with_their_index() {
+        for (n_threads, rayon) in [(1, false), (2, false), (3, false), (2, true), (3, true)] {
+            let pool = ThreadPool::build(n_threads, rayon).expect("pool");
+            for (n_rows, row_len, min_rows) in [(0, 3, 1), (1, 3, 1), (17, 5, 2), (100, 1, 0)] {
+                let mut data = vec![0usize; n_rows * row_len];
+                pool.for_each_row_mut(&mut data, row_len, min_rows, |i, row| {
+                    for x in row.iter_mut() {
+                        *x += i + 1;
+                    }
+                });
+                for (k, x) in data.iter().enumerate() {
+                    assert_eq!(*x, k / row_len + 1, "n_threads={n_threads} k={k}");
+                }
             }
         }
     }

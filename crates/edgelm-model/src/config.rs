@@ -132,6 +132,15 @@ impl ModelConfig {
                 n_embd / n_head
             }
         };
+        if head_dim == 0 || head_dim > crate::forward::MAX_HEAD_DIM {
+            return Err(ModelError::bad_config(
+                key("attention.key_length"),
+                format!(
+                    "head dim {head_dim} is outside 1..={}",
+                    crate::forward::MAX_HEAD_DIM
+                ),
+            ));
+        }
         if let Some(dv) = opt_count(md, "attention.value_length")? {
             if dv != head_dim {
                 return Err(ModelError::bad_config(

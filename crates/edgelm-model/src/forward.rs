@@ -21,7 +21,7 @@
 //! under 64 tokens with fewer than 512 cached cells; for larger batches (tiled path) and long
 //! single-token decodes (split-KV path) its rounding differs slightly from ours.
 
-use edgelm_kernels::ops::{self, attention_one_query_f16, rope_cache, rope_forward};
+use edgelm_kernels::ops::{self, rope_cache, rope_forward};
 use edgelm_kernels::ThreadPool;
 use half::f16;
 
@@ -29,6 +29,9 @@ use crate::config::ModelConfig;
 use crate::kern::{self, act_bytes};
 use crate::weights::{Matrix, Weights};
 use crate::{Logits, Model, ModelError, State};
+
+/// Largest head dimension the forward pass handles (checked when the model loads).
+pub(crate) const MAX_HEAD_DIM: usize = 512;
 
 /// Activation buffers for a batch of up to `max_batch` tokens (T), allocated once.
 pub(crate) struct Scratch {
@@ -54,10 +57,6 @@ pub(crate) struct Scratch {
     up: Vec<f32>,
     /// silu(gate) * up [T, FF]
     hidden: Vec<f32>,
-    /// One query head in F16 [D].
-    q16: Vec<f16>,
-    /// F16 V accumulator [D].
-    acc16: Vec<f16>,
     /// RoPE cos/sin [rope_dim].
     rope: Vec<f32>,
 }
@@ -78,7 +77,7 @@ impl Scratch {
             .unwrap_or(0);
         let f32s =
             t * (4 * cfg.n_embd + 2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.n_ff) + cfg.rope_dim;
-        [act, f32s, 2 * cfg.head_dim]
+        [act, f32s, 0]
     }
 
     /// Bytes of the scratch for a batch of `t` tokens.
@@ -101,7 +100,6 @@ impl Scratch {
                 + self.up.len()
                 + self.hidden.len()
                 + self.rope.len())
-            + 2 * (self.q16.len() + self.acc16.len())
     }
 
     pub fn new(cfg: &ModelConfig, w: &Weights, t: usize) -> Result<Scratch, ModelError> {
@@ -132,8 +130,6 @@ impl Scratch {
             gate: vec![0.0; n(cfg.n_ff)?],
             up: vec![0.0; n(cfg.n_ff)?],
             hidden: vec![0.0; n(cfg.n_ff)?],
-            q16: vec![f16::ZERO; cfg.head_dim],
-            acc16: vec![f16::ZERO; cfg.head_dim],
             rope: vec![0.0; cfg.rope_dim],
         })
     }
@@ -279,6 +275,7 @@ fn forward_batch(
             }
         }
         // 2c. RoPE, then K and V into the F16 cache: [L, KV, n_ctx, D]
+        let k_tab = edgelm_kernels::kernels();
         let kc = &mut k_cache[il * layer_len..(il + 1) * layer_len];
         let vc = &mut v_cache[il * layer_len..(il + 1) * layer_len];
         for t in 0..t_n {
@@ -299,29 +296,32 @@ fn forward_batch(
             for h in 0..cfg.n_head_kv {
                 let dst = (h * n_ctx + p) * d;
                 let src = t * kvd + h * d;
-                ops::f32_to_f16_row(&mut kc[dst..dst + d], &s.k[src..src + d]);
-                ops::f32_to_f16_row(&mut vc[dst..dst + d], &s.v[src..src + d]);
+                k_tab.f32_to_f16_row(&mut kc[dst..dst + d], &s.k[src..src + d]);
+                k_tab.f32_to_f16_row(&mut vc[dst..dst + d], &s.v[src..src + d]);
             }
         }
-        // 2d. causal attention: token t sees positions 0..=pos0+t
-        for t in 0..t_n {
+        // 2d. causal attention: token t sees positions 0..=pos0+t; one task per (token, head)
+        let k_tab = edgelm_kernels::kernels();
+        let q_all = &s.q[..t_n * qd];
+        let (kc, vc) = (&*kc, &*vc);
+        pool.for_each_row_mut(&mut s.attn[..t_n * qd], d, 4, |i, out| {
+            let (t, h) = (i / cfg.n_head, i % cfg.n_head);
             let n_kv = pos0 + t + 1;
-            for h in 0..cfg.n_head {
-                let hk = h / group;
-                let base = hk * n_ctx * d;
-                let qo = t * qd + h * d;
-                ops::f32_to_f16_row(&mut s.q16, &s.q[qo..qo + d]);
-                attention_one_query_f16(
-                    &mut s.attn[qo..qo + d],
-                    &mut s.acc16,
-                    &s.q16,
-                    &kc[base..base + n_kv * d],
-                    &vc[base..base + n_kv * d],
-                    n_kv,
-                    scale,
-                );
-            }
-        }
+            let base = (h / group) * n_ctx * d;
+            let mut q16 = [f16::ZERO; MAX_HEAD_DIM];
+            let mut acc16 = [f16::ZERO; MAX_HEAD_DIM];
+            let (q16, acc16) = (&mut q16[..d], &mut acc16[..d]);
+            k_tab.f32_to_f16_row(q16, &q_all[i * d..(i + 1) * d]);
+            k_tab.attention_one_query_f16(
+                out,
+                acc16,
+                q16,
+                &kc[base..base + n_kv * d],
+                &vc[base..base + n_kv * d],
+                n_kv,
+                scale,
+            );
+        });
         // 2e. output projection and residual
         let act = kern::quantize(l.wo.act_ty, &s.attn[..t_n * qd], qd, &mut s.act, &l.wo.name)?;
         kern::matmul(pool, file, &l.wo, act, t_n, &mut s.proj)?;

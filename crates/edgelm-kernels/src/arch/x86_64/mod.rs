@@ -8,41 +8,111 @@
 
 use std::arch::x86_64::*;
 
-use crate::dispatch::KernelRow;
-use crate::quant::{blocks, f16le, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use half::f16;
+
+use crate::dispatch::Kernels;
+use crate::quant::{blocks, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::GgmlType;
 
-/// Replaces the rows this CPU can speed up; returns the table's name, or `None` if nothing
-/// was replaced.
-pub(crate) fn install(rows: &mut [KernelRow]) -> Option<&'static str> {
-    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-        return None;
+mod attn;
+
+/// Replaces the kernels this CPU can speed up and names the table.
+pub(crate) fn install(k: &mut Kernels) {
+    if !(is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"))
+    {
+        return;
     }
-    for row in rows.iter_mut() {
+    for row in k.rows.iter_mut() {
         match row.ty {
             GgmlType::Q8_0 => row.vec_dot = Some(vec_dot_q8_0_q8_0),
             GgmlType::Q4_1 => row.vec_dot = Some(vec_dot_q4_1_q8_1),
             _ => {}
         }
     }
-    Some("avx2+fma")
+    k.attn = attention_avx2;
+    k.to_f16 = f32_to_f16_avx2;
+    k.name = "avx2+fma+f16c";
+    if vnni() {
+        for row in k.rows.iter_mut() {
+            match row.ty {
+                GgmlType::Q8_0 => row.vec_dot = Some(vec_dot_q8_0_q8_0_vnni),
+                GgmlType::Q4_1 => row.vec_dot = Some(vec_dot_q4_1_q8_1_vnni),
+                _ => {}
+            }
+        }
+        k.name = "avx2+fma+f16c+avx512vnni";
+    }
 }
 
-/// Table entry: Q8_0 weights × Q8_0 activations. Only installed after AVX2 and FMA were
-/// detected.
+/// AVX-512 VNNI on 256-bit vectors (with AVX2, FMA and F16C, checked by the caller), unless
+/// `EDGELM_NO_VNNI` is set (to measure or test the plain AVX2 path on the same machine).
+fn vnni() -> bool {
+    is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
+        && std::env::var_os("EDGELM_NO_VNNI").is_none()
+}
+
+/// Table entry: flash attention (AVX2, FMA and F16C detected by `install`).
+fn attention_avx2(
+    out: &mut [f32],
+    acc: &mut [f16],
+    q: &[f16],
+    k: &[f16],
+    v: &[f16],
+    n_kv: usize,
+    scale: f32,
+) {
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { attn::attention_one_query_f16(out, acc, q, k, v, n_kv, scale) }
+}
+
+/// Table entry: f32 → F16 row (AVX2, FMA and F16C detected by `install`).
+fn f32_to_f16_avx2(dst: &mut [f16], src: &[f32]) {
+    // SAFETY: as above.
+    unsafe { attn::f32_to_f16_row(dst, src) }
+}
+
+/// Table entry: Q8_0 weights × Q8_0 activations (AVX2, FMA and F16C detected by `install`).
 fn vec_dot_q8_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (x, y): (&[BlockQ8_0], &[BlockQ8_0]) = (blocks(w), blocks(a));
     assert_eq!(x.len(), y.len(), "vec_dot_q8_0_q8_0: block counts differ");
-    // SAFETY: `install` put this function in the table only after detecting AVX2 and FMA.
+    // SAFETY: `install` put this function in the table only after detecting the features.
     unsafe { q8_0_q8_0_avx2(x, y) }
 }
 
-/// Table entry: Q4_1 weights × Q8_1 activations (AVX2 and FMA detected by `install`).
+/// Table entry: Q4_1 weights × Q8_1 activations (AVX2, FMA and F16C detected by `install`).
 fn vec_dot_q4_1_q8_1(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (x, y): (&[BlockQ4_1], &[BlockQ8_1]) = (blocks(w), blocks(a));
     assert_eq!(x.len(), y.len(), "vec_dot_q4_1_q8_1: block counts differ");
-    // SAFETY: `install` put this function in the table only after detecting AVX2 and FMA.
+    // SAFETY: `install` put this function in the table only after detecting the features.
     unsafe { q4_1_q8_1_avx2(x, y) }
+}
+
+/// Table entry: Q8_0 × Q8_0 with AVX-512 VNNI (detected by `install`).
+fn vec_dot_q8_0_q8_0_vnni(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y): (&[BlockQ8_0], &[BlockQ8_0]) = (blocks(w), blocks(a));
+    assert_eq!(x.len(), y.len(), "vec_dot_q8_0_q8_0: block counts differ");
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { q8_0_q8_0_vnni(x, y) }
+}
+
+/// Table entry: Q4_1 × Q8_1 with AVX-512 VNNI (detected by `install`).
+fn vec_dot_q4_1_q8_1_vnni(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y): (&[BlockQ4_1], &[BlockQ8_1]) = (blocks(w), blocks(a));
+    assert_eq!(x.len(), y.len(), "vec_dot_q4_1_q8_1: block counts differ");
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { q4_1_q8_1_vnni(x, y) }
+}
+
+/// An F16 field as f32 with F16C, inline (bit-identical to the software conversion).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16c(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+    ))
 }
 
 /// ggml's `hsum_float_8`: (hi + lo) halves, then (0+2, 1+3), then the two.
@@ -65,51 +135,87 @@ fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
 }
 
-/// # Safety
-/// The CPU must support AVX2 and FMA. `x` and `y` have the same length.
+/// The same 8 lane sums with one VNNI instruction (exact: no intermediate saturation).
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+fn mul_sum_us8_pairs_float_vnni(ax: __m256i, sy: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy))
+}
+
+/// Q8_0 × Q8_0 body, parameterised by the lane-sum function.
 ///
 /// Like ggml, it takes |x| and moves x's sign onto y; this is exact unless an activation
 /// quant is -128, which our activation quantizer never produces (|q| <= 127).
-#[target_feature(enable = "avx2,fma")]
-unsafe fn q8_0_q8_0_avx2(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (xb, yb) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(f16le(xb.d) * f16le(yb.d));
-        // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
-        let qx = unsafe { _mm256_loadu_si256(xb.qs.as_ptr().cast()) };
-        // SAFETY: as above.
-        let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
-        let ax = _mm256_sign_epi8(qx, qx);
-        let sy = _mm256_sign_epi8(qy, qx);
-        let q = mul_sum_us8_pairs_float(ax, sy);
-        acc = _mm256_fmadd_ps(d, q, acc);
-    }
-    hsum_float_8(acc)
+macro_rules! q8_0_q8_0_body {
+    ($x:expr, $y:expr, $mul_sum:ident) => {{
+        let mut acc = _mm256_setzero_ps();
+        for (xb, yb) in $x.iter().zip($y) {
+            let d = _mm256_set1_ps(f16c(xb.d) * f16c(yb.d));
+            // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+            let qx = unsafe { _mm256_loadu_si256(xb.qs.as_ptr().cast()) };
+            // SAFETY: as above.
+            let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+            let ax = _mm256_sign_epi8(qx, qx);
+            let sy = _mm256_sign_epi8(qy, qx);
+            let q = $mul_sum(ax, sy);
+            acc = _mm256_fmadd_ps(d, q, acc);
+        }
+        hsum_float_8(acc)
+    }};
+}
+
+/// Q4_1 × Q8_1 body, parameterised by the lane-sum function.
+macro_rules! q4_1_q8_1_body {
+    ($x:expr, $y:expr, $mul_sum:ident) => {{
+        let mut acc = _mm256_setzero_ps();
+        let mut summs = 0.0f32;
+        let low_mask = _mm256_set1_epi8(0x0F);
+        for (xb, yb) in $x.iter().zip($y) {
+            let d0 = f16c(xb.d);
+            let d1 = f16c(yb.d);
+            // ggml writes `summs += m * s`; the reference build contracts it to an FMA.
+            summs = f16c(xb.m).mul_add(f16c(yb.s), summs);
+            let d0d1 = _mm256_mul_ps(_mm256_set1_ps(d0), _mm256_set1_ps(d1));
+            // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
+            let tmp = unsafe { _mm_loadu_si128(xb.qs.as_ptr().cast()) };
+            // Low nibbles (elements 0..16) in the low half, high nibbles (16..32) in the high
+            // half.
+            let qx = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
+            // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+            let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+            let xy = $mul_sum(qx, qy);
+            acc = _mm256_fmadd_ps(d0d1, xy, acc);
+        }
+        hsum_float_8(acc) + summs
+    }};
 }
 
 /// # Safety
-/// The CPU must support AVX2 and FMA. `x` and `y` have the same length.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must support AVX2, FMA and F16C. `x` and `y` have the same length.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_q8_0_avx2(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    q8_0_q8_0_body!(x, y, mul_sum_us8_pairs_float)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI and VL. `x` and `y` have the same length.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn q8_0_q8_0_vnni(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    q8_0_q8_0_body!(x, y, mul_sum_us8_pairs_float_vnni)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. `x` and `y` have the same length.
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_q8_1_avx2(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0.0f32;
-    let low_mask = _mm256_set1_epi8(0x0F);
-    for (xb, yb) in x.iter().zip(y) {
-        let d0 = f16le(xb.d);
-        let d1 = f16le(yb.d);
-        // ggml writes `summs += m * s`; the reference build contracts it to an FMA.
-        summs = f16le(xb.m).mul_add(f16le(yb.s), summs);
-        let d0d1 = _mm256_mul_ps(_mm256_set1_ps(d0), _mm256_set1_ps(d1));
-        // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
-        let tmp = unsafe { _mm_loadu_si128(xb.qs.as_ptr().cast()) };
-        // Low nibbles (elements 0..16) in the low half, high nibbles (16..32) in the high half.
-        let qx = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
-        // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
-        let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
-        let xy = mul_sum_us8_pairs_float(qx, qy);
-        acc = _mm256_fmadd_ps(d0d1, xy, acc);
-    }
-    hsum_float_8(acc) + summs
+    q4_1_q8_1_body!(x, y, mul_sum_us8_pairs_float)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI and VL. `x` and `y` have the same length.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn q4_1_q8_1_vnni(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    q4_1_q8_1_body!(x, y, mul_sum_us8_pairs_float_vnni)
 }
 
 #[cfg(test)]
@@ -129,8 +235,11 @@ mod tests {
     /// f32 block accumulation (8 FMA lanes instead of one running sum).
     #[test]
     fn avx2_dots_match_scalar_reference() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            eprintln!("skipped: CPU lacks AVX2/FMA");
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
             return;
         }
         let scalar = Kernels::scalar();
@@ -173,6 +282,13 @@ mod tests {
                     GgmlType::Q8_0 => vec_dot_q8_0_q8_0(n, &w, &a),
                     _ => vec_dot_q4_1_q8_1(n, &w, &a),
                 };
+                if vnni() {
+                    let got_vnni = match ty {
+                        GgmlType::Q8_0 => vec_dot_q8_0_q8_0_vnni(n, &w, &a),
+                        _ => vec_dot_q4_1_q8_1_vnni(n, &w, &a),
+                    };
+                    assert_eq!(got.to_bits(), got_vnni.to_bits(), "{ty} case {case}: vnni");
+                }
                 // Budget: accumulation-order rounding, relative to the sum of |block terms|.
                 let mut mag = 0.0f64;
                 let mut wf = vec![0.0f32; n];
