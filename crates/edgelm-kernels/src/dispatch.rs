@@ -11,6 +11,8 @@ pub(crate) type DequantizeFn = fn(&[u8], &mut [f32]);
 /// Dot product of one weight row of `n` elements with one activation row of `n` elements in
 /// the row's `vec_dot_type`. Lengths are validated by the caller.
 pub(crate) type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
+/// One weight row against four activation rows; each result bit-identical to [`VecDotFn`]'s.
+pub(crate) type VecDot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 /// Quantizes `x` into `dst` (exactly `row_bytes(ty, x.len())` bytes).
 pub(crate) type QuantizeFn = fn(&[f32], &mut [u8]);
 
@@ -22,6 +24,8 @@ pub(crate) struct KernelRow {
     pub(crate) dequantize: DequantizeFn,
     /// `None` for activation-only types (Q8_1, Q8_K), which ggml does not multiply as weights.
     pub(crate) vec_dot: Option<VecDotFn>,
+    /// A faster four-activation-row form of `vec_dot`, where a SIMD table has one.
+    pub(crate) vec_dot4: Option<VecDot4Fn>,
     /// The type's `from_float`; `None` for weight-only types.
     pub(crate) quantize: Option<QuantizeFn>,
 }
@@ -68,6 +72,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::F32,
             dequantize: f32::dequantize_row,
             vec_dot: Some(|_, w, a| f32::vec_dot(w, a)),
+            vec_dot4: None,
             quantize: Some(f32::quantize_row),
         },
         KernelRow {
@@ -75,6 +80,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::F16,
             dequantize: f16::dequantize_row,
             vec_dot: Some(|_, w, a| f16::vec_dot(w, a)),
+            vec_dot4: None,
             quantize: Some(f16::quantize_row),
         },
         KernelRow {
@@ -82,6 +88,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::BF16,
             dequantize: bf16::dequantize_row,
             vec_dot: Some(|_, w, a| bf16::vec_dot(w, a)),
+            vec_dot4: None,
             quantize: Some(bf16::quantize_row),
         },
         KernelRow {
@@ -89,6 +96,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_0,
             dequantize: |s, d| q4_0::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q4_0::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: None,
         },
         KernelRow {
@@ -96,6 +104,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_1,
             dequantize: |s, d| q4_1::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q4_1::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: None,
         },
         KernelRow {
@@ -103,6 +112,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_0,
             dequantize: |s, d| q5_0::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q5_0::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: None,
         },
         KernelRow {
@@ -110,6 +120,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_1,
             dequantize: |s, d| q5_1::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q5_1::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: None,
         },
         KernelRow {
@@ -117,6 +128,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_0,
             dequantize: |s, d| q8_0::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q8_0::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: Some(|x, d| q8_0::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -124,6 +136,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_1,
             dequantize: |s, d| q8_1::dequantize_row(blocks(s), d),
             vec_dot: None,
+            vec_dot4: None,
             quantize: Some(|x, d| q8_1::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -131,6 +144,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_K,
             dequantize: |s, d| q2_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q2_k::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: None,
         },
         KernelRow {
@@ -138,6 +152,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_K,
             dequantize: |s, d| q3_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q3_k::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: None,
         },
         KernelRow {
@@ -145,6 +160,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_K,
             dequantize: |s, d| q4_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q4_k::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: None,
         },
         KernelRow {
@@ -152,6 +168,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_K,
             dequantize: |s, d| q5_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q5_k::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: None,
         },
         KernelRow {
@@ -159,6 +176,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_K,
             dequantize: |s, d| q6_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q6_k::vec_dot(blocks(w), blocks(a))),
+            vec_dot4: None,
             quantize: None,
         },
         KernelRow {
@@ -166,6 +184,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot_type: T::Q8_K,
             dequantize: |s, d| q8_k::dequantize_row(blocks(s), d),
             vec_dot: None,
+            vec_dot4: None,
             quantize: Some(|x, d| q8_k::quantize_row(x, blocks_mut(d))),
         },
     ]
@@ -301,6 +320,10 @@ impl Kernels {
             act.len(),
         )?;
         Ok(f(n, w, act))
+    }
+
+    pub(crate) fn vec_dot4_fn(&self, ty: GgmlType) -> Option<VecDot4Fn> {
+        self.row(ty, "vec_dot").ok().and_then(|r| r.vec_dot4)
     }
 
     pub(crate) fn vec_dot_fn(&self, ty: GgmlType) -> Result<(VecDotFn, GgmlType), KernelError> {

@@ -16,6 +16,9 @@ unsafe impl Sync for OutPtr {}
 /// Weight rows each parallel task takes at least (amortizes scheduling).
 const MIN_ROWS_PER_TASK: usize = 16;
 
+/// Tokens whose activation rows a task keeps hot while it passes over its weight rows.
+const TOKEN_BLOCK: usize = 32;
+
 /// `out[t][r] = dot(w[r], act[t])` for every weight row `r` and token `t`.
 ///
 /// - `w`: `n_rows` rows of `n_cols` elements of `ty` (`n_rows * row_bytes(ty, n_cols)` bytes);
@@ -57,17 +60,39 @@ pub fn matmul(
         return Ok(());
     }
 
+    let dot4 = kernels().vec_dot4_fn(ty);
     let out_ptr = OutPtr(out.as_mut_ptr());
     pool.for_each_chunk(n_rows, MIN_ROWS_PER_TASK, move |rows| {
         let out_ptr = out_ptr;
-        for r in rows {
-            let w_r = &w[r * w_row..(r + 1) * w_row];
-            for t in 0..n_tokens {
-                let v = dot(n_cols, w_r, &act[t * a_row..(t + 1) * a_row]);
-                // SAFETY: t < n_tokens and r < n_rows, so t * n_rows + r < o_len ==
-                // out.len(); row r belongs to this task alone, so no other thread writes this
-                // element, and `out` stays mutably borrowed until for_each_chunk returns.
-                unsafe { *out_ptr.0.add(t * n_rows + r) = v };
+        let put = |t: usize, r: usize, v: f32| {
+            // SAFETY: t < n_tokens and r < n_rows, so t * n_rows + r < o_len == out.len();
+            // row r belongs to this task alone, so no other thread writes this element, and
+            // `out` stays mutably borrowed until for_each_chunk returns.
+            unsafe { *out_ptr.0.add(t * n_rows + r) = v };
+        };
+        let act_row = |t: usize| &act[t * a_row..(t + 1) * a_row];
+        // Blocks of tokens whose activations stay in L1 while this task's weight rows pass.
+        for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
+            let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
+            for r in rows.clone() {
+                let w_r = &w[r * w_row..(r + 1) * w_row];
+                let mut t = t0;
+                if let Some(dot4) = dot4 {
+                    while t + 4 <= t1 {
+                        let v = dot4(
+                            n_cols,
+                            w_r,
+                            [act_row(t), act_row(t + 1), act_row(t + 2), act_row(t + 3)],
+                        );
+                        for (j, vj) in v.into_iter().enumerate() {
+                            put(t + j, r, vj);
+                        }
+                        t += 4;
+                    }
+                }
+                for t in t..t1 {
+                    put(t, r, dot(n_cols, w_r, act_row(t)));
+                }
             }
         }
     });

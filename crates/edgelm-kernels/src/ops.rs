@@ -60,7 +60,9 @@ pub fn expf_ggml(x: f32) -> f32 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
     // vscalefps: j * 2^n rounded once. |n| <= 192 keeps the f64 product exact.
-    ((j as f64) * 2f64.powi(n as i32)) as f32
+    // 2^n built from its bits (|n| <= 192 is inside f64's normal range).
+    let pow2 = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    ((j as f64) * pow2) as f32
 }
 
 /// `x / (1 + exp(-x))` as llama.cpp's vector SiLU computes it (polynomial exp).

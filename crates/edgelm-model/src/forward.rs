@@ -323,7 +323,14 @@ fn forward_batch(
             );
         });
         // 2e. output projection and residual
-        let act = kern::quantize(l.wo.act_ty, &s.attn[..t_n * qd], qd, &mut s.act, &l.wo.name)?;
+        let act = kern::quantize(
+            pool,
+            l.wo.act_ty,
+            &s.attn[..t_n * qd],
+            qd,
+            &mut s.act,
+            &l.wo.name,
+        )?;
         kern::matmul(pool, file, &l.wo, act, t_n, &mut s.proj)?;
         add_bias(&mut s.proj[..t_n * c], l.bo.as_deref());
         add_into(&mut s.x[..t_n * c], &s.proj[..t_n * c]);
@@ -337,11 +344,13 @@ fn forward_batch(
         qkv_matmul(pool, file, &l.w_gate, xn, t_n, &mut s.act, &mut s.gate)?;
         qkv_matmul(pool, file, &l.w_up, xn, t_n, &mut s.act, &mut s.up)?;
         let ff = t_n * cfg.n_ff;
-        for t in 0..t_n {
+        let (gate, up) = (&s.gate, &s.up);
+        pool.for_each_row_mut(&mut s.hidden[..ff], cfg.n_ff, 1, |t, h| {
             let r = t * cfg.n_ff..(t + 1) * cfg.n_ff;
-            ops::swiglu_forward(&mut s.hidden[r.clone()], &s.gate[r.clone()], &s.up[r]);
-        }
+            ops::swiglu_forward(h, &gate[r.clone()], &up[r]);
+        });
         let act = kern::quantize(
+            pool,
             l.w_down.act_ty,
             &s.hidden[..ff],
             cfg.n_ff,
@@ -360,6 +369,7 @@ fn forward_batch(
             ops::rmsnorm_forward(&mut s.xn[dst], &s.x[src], &w.output_norm, cfg.rms_eps);
         }
         let act = kern::quantize(
+            pool,
             w.output.act_ty,
             &s.xn[..n_rows * c],
             c,
@@ -389,7 +399,7 @@ fn qkv_matmul(
     act_buf: &mut [u8],
     out: &mut [f32],
 ) -> Result<(), ModelError> {
-    let act = kern::quantize(m.act_ty, x, m.n_in, act_buf, &m.name)?;
+    let act = kern::quantize(pool, m.act_ty, x, m.n_in, act_buf, &m.name)?;
     kern::matmul(pool, file, m, act, t_n, out)
 }
 

@@ -13,7 +13,9 @@ pub(crate) fn act_bytes(ty: GgmlType, n_rows: usize, n_cols: usize) -> usize {
 }
 
 /// Quantizes `x` ([rows, n_cols] row-major) to `ty` into the front of `out`; returns the bytes.
+/// Rows are quantized in parallel.
 pub(crate) fn quantize<'a>(
+    pool: &ThreadPool,
     ty: GgmlType,
     x: &[f32],
     n_cols: usize,
@@ -24,11 +26,26 @@ pub(crate) fn quantize<'a>(
     let n_bytes = act_bytes(ty, n_rows, n_cols);
     let dst = &mut out[..n_bytes];
     let row = n_bytes / n_rows.max(1);
-    for (xr, dr) in x.chunks_exact(n_cols).zip(dst.chunks_exact_mut(row.max(1))) {
-        edgelm_kernels::quantize_activation(ty, xr, dr).map_err(|source| ModelError::Kernel {
-            op: format!("quantize activations for {op}"),
-            source,
-        })?;
+    let err = |source| ModelError::Kernel {
+        op: format!("quantize activations for {op}"),
+        source,
+    };
+    if n_rows == 0 || row == 0 {
+        return Ok(dst);
+    }
+    // The first row checks type and lengths (the same for every row) and reports an error.
+    edgelm_kernels::quantize_activation(ty, &x[..n_cols], &mut dst[..row]).map_err(err)?;
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    pool.for_each_row_mut(&mut dst[row..], row, 4, |i, d| {
+        let xr = &x[(i + 1) * n_cols..(i + 2) * n_cols];
+        if edgelm_kernels::quantize_activation(ty, xr, d).is_err() {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    if failed.into_inner() {
+        return Err(ModelError::Overflow {
+            what: "activation quantization failed on a later row",
+        });
     }
     Ok(dst)
 }

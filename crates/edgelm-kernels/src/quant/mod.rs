@@ -50,6 +50,19 @@ pub(crate) fn f16le(b: [u8; 2]) -> f32 {
     crate::convert::f16_to_f32(u16::from_le_bytes(b))
 }
 
+/// `x.round_ties_even()` without a libm call (x86-64's baseline has no `roundss`): adding and
+/// subtracting 1.5·2²³ rounds to an integer, ties to even, for |x| < 2²²; larger or non-finite
+/// values take the library path.
+#[inline(always)]
+pub(crate) fn round_ties_even(x: f32) -> f32 {
+    const M: f32 = 12_582_912.0;
+    if x.abs() < 4_194_304.0 {
+        (x + M) - M
+    } else {
+        x.round_ties_even()
+    }
+}
+
 /// Encodes an f32 as a little-endian f16 field (round to nearest even).
 #[inline(always)]
 pub(crate) fn to_f16le(x: f32) -> [u8; 2] {
@@ -90,4 +103,31 @@ pub(crate) fn blocks<B: bytemuck::Pod>(bytes: &[u8]) -> &[B] {
 #[inline(always)]
 pub(crate) fn blocks_mut<B: bytemuck::Pod>(bytes: &mut [u8]) -> &mut [B] {
     bytemuck::cast_slice_mut(bytes)
+}
+
+#[cfg(test)]
+mod round_tests {
+    #[test]
+    fn fast_round_ties_even_matches_std() {
+        let mut x = -300.0f32;
+        while x < 300.0 {
+            for v in [x, x + 0.5, -x - 0.5, f32::from_bits(x.to_bits() + 1)] {
+                assert_eq!(super::round_ties_even(v), v.round_ties_even(), "{v}");
+            }
+            x += 0.173;
+        }
+        for v in [
+            0.5f32,
+            1.5,
+            2.5,
+            -0.5,
+            -2.5,
+            4_194_303.5,
+            5e6,
+            f32::INFINITY,
+        ] {
+            assert_eq!(super::round_ties_even(v), v.round_ties_even(), "{v}");
+        }
+        assert!(super::round_ties_even(f32::NAN).is_nan());
+    }
 }

@@ -52,7 +52,7 @@ pub fn quantize_row(x: &[f32], y: &mut [BlockQ8_0]) {
         for (q, &v) in b.qs.iter_mut().zip(x) {
             // |v * id| <= 127 up to one rounding, so the clamp (the saturation of the
             // `packs` instructions) only matters for non-finite input.
-            *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
+            *q = super::round_ties_even(v * id).clamp(-128.0, 127.0) as i8;
         }
     }
 }

@@ -45,7 +45,7 @@ pub fn quantize_row(x: &[f32], y: &mut [BlockQ8_1]) {
         for (q, &v) in b.qs.iter_mut().zip(x) {
             // The sum is taken over the i32 values before the saturating packs, which only
             // differ for non-finite input.
-            let i = (v * id).round_ties_even() as i32;
+            let i = super::round_ties_even(v * id) as i32;
             sum += i;
             *q = i.clamp(-128, 127) as i8;
         }

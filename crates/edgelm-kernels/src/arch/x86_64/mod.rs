@@ -26,8 +26,14 @@ pub(crate) fn install(k: &mut Kernels) {
     }
     for row in k.rows.iter_mut() {
         match row.ty {
-            GgmlType::Q8_0 => row.vec_dot = Some(vec_dot_q8_0_q8_0),
-            GgmlType::Q4_1 => row.vec_dot = Some(vec_dot_q4_1_q8_1),
+            GgmlType::Q8_0 => {
+                row.vec_dot = Some(vec_dot_q8_0_q8_0);
+                row.vec_dot4 = Some(vec_dot4_q8_0_q8_0);
+            }
+            GgmlType::Q4_1 => {
+                row.vec_dot = Some(vec_dot_q4_1_q8_1);
+                row.vec_dot4 = Some(vec_dot4_q4_1_q8_1);
+            }
             _ => {}
         }
     }
@@ -37,8 +43,14 @@ pub(crate) fn install(k: &mut Kernels) {
     if vnni() {
         for row in k.rows.iter_mut() {
             match row.ty {
-                GgmlType::Q8_0 => row.vec_dot = Some(vec_dot_q8_0_q8_0_vnni),
-                GgmlType::Q4_1 => row.vec_dot = Some(vec_dot_q4_1_q8_1_vnni),
+                GgmlType::Q8_0 => {
+                    row.vec_dot = Some(vec_dot_q8_0_q8_0_vnni);
+                    row.vec_dot4 = Some(vec_dot4_q8_0_q8_0_vnni);
+                }
+                GgmlType::Q4_1 => {
+                    row.vec_dot = Some(vec_dot_q4_1_q8_1_vnni);
+                    row.vec_dot4 = Some(vec_dot4_q4_1_q8_1_vnni);
+                }
                 _ => {}
             }
         }
@@ -190,6 +202,133 @@ macro_rules! q4_1_q8_1_body {
     }};
 }
 
+/// One weight row against four activation rows: each result is computed exactly as the
+/// single-row body computes it (its own lane accumulator and scalar sum, blocks in order), with
+/// the weight block unpacked once for the four.
+macro_rules! q4_1_q8_1_x4_body {
+    ($x:expr, $ys:expr, $mul_sum:ident) => {{
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut summs = [0.0f32; 4];
+        let low_mask = _mm256_set1_epi8(0x0F);
+        for (ib, xb) in $x.iter().enumerate() {
+            let d0 = f16c(xb.d);
+            let m = f16c(xb.m);
+            // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
+            let tmp = unsafe { _mm_loadu_si128(xb.qs.as_ptr().cast()) };
+            let qx = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
+            let d0v = _mm256_set1_ps(d0);
+            for j in 0..4 {
+                let yb = &$ys[j][ib];
+                summs[j] = m.mul_add(f16c(yb.s), summs[j]);
+                let d0d1 = _mm256_mul_ps(d0v, _mm256_set1_ps(f16c(yb.d)));
+                // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+                let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+                acc[j] = _mm256_fmadd_ps(d0d1, $mul_sum(qx, qy), acc[j]);
+            }
+        }
+        let mut out = [0.0f32; 4];
+        for j in 0..4 {
+            out[j] = hsum_float_8(acc[j]) + summs[j];
+        }
+        out
+    }};
+}
+
+/// Q8_0 × four Q8_0 activation rows, each exactly as the single-row body.
+macro_rules! q8_0_q8_0_x4_body {
+    ($x:expr, $ys:expr, $mul_sum:ident) => {{
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (ib, xb) in $x.iter().enumerate() {
+            let dx = f16c(xb.d);
+            // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+            let qx = unsafe { _mm256_loadu_si256(xb.qs.as_ptr().cast()) };
+            let ax = _mm256_sign_epi8(qx, qx);
+            for j in 0..4 {
+                let yb = &$ys[j][ib];
+                let d = _mm256_set1_ps(dx * f16c(yb.d));
+                // SAFETY: as above.
+                let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+                let sy = _mm256_sign_epi8(qy, qx);
+                acc[j] = _mm256_fmadd_ps(d, $mul_sum(ax, sy), acc[j]);
+            }
+        }
+        let mut out = [0.0f32; 4];
+        for j in 0..4 {
+            out[j] = hsum_float_8(acc[j]);
+        }
+        out
+    }};
+}
+
+/// Splits four activation rows into blocks, each as long as `n_blocks`.
+fn blocks4<'a, B: bytemuck::Pod>(a: [&'a [u8]; 4], n_blocks: usize) -> [&'a [B]; 4] {
+    let ys = a.map(|r| blocks::<B>(r));
+    for y in &ys {
+        assert_eq!(y.len(), n_blocks, "vec_dot_x4: block counts differ");
+    }
+    ys
+}
+
+/// Table entry: Q4_1 × 4 activation rows (AVX2, FMA, F16C detected by `install`).
+fn vec_dot4_q4_1_q8_1(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let x: &[BlockQ4_1] = blocks(w);
+    let ys = blocks4::<BlockQ8_1>(a, x.len());
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { q4_1_q8_1_x4_avx2(x, ys) }
+}
+
+/// Table entry: Q4_1 × 4 activation rows with VNNI (detected by `install`).
+fn vec_dot4_q4_1_q8_1_vnni(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let x: &[BlockQ4_1] = blocks(w);
+    let ys = blocks4::<BlockQ8_1>(a, x.len());
+    // SAFETY: as above.
+    unsafe { q4_1_q8_1_x4_vnni(x, ys) }
+}
+
+/// Table entry: Q8_0 × 4 activation rows (AVX2, FMA, F16C detected by `install`).
+fn vec_dot4_q8_0_q8_0(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let x: &[BlockQ8_0] = blocks(w);
+    let ys = blocks4::<BlockQ8_0>(a, x.len());
+    // SAFETY: as above.
+    unsafe { q8_0_q8_0_x4_avx2(x, ys) }
+}
+
+/// Table entry: Q8_0 × 4 activation rows with VNNI (detected by `install`).
+fn vec_dot4_q8_0_q8_0_vnni(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let x: &[BlockQ8_0] = blocks(w);
+    let ys = blocks4::<BlockQ8_0>(a, x.len());
+    // SAFETY: as above.
+    unsafe { q8_0_q8_0_x4_vnni(x, ys) }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; every `ys[j]` is as long as `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_q8_1_x4_avx2(x: &[BlockQ4_1], ys: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    q4_1_q8_1_x4_body!(x, ys, mul_sum_us8_pairs_float)
+}
+
+/// # Safety
+/// As [`q4_1_q8_1_x4_avx2`], plus AVX-512 VNNI and VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn q4_1_q8_1_x4_vnni(x: &[BlockQ4_1], ys: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    q4_1_q8_1_x4_body!(x, ys, mul_sum_us8_pairs_float_vnni)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; every `ys[j]` is as long as `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_q8_0_x4_avx2(x: &[BlockQ8_0], ys: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    q8_0_q8_0_x4_body!(x, ys, mul_sum_us8_pairs_float)
+}
+
+/// # Safety
+/// As [`q8_0_q8_0_x4_avx2`], plus AVX-512 VNNI and VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn q8_0_q8_0_x4_vnni(x: &[BlockQ8_0], ys: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    q8_0_q8_0_x4_body!(x, ys, mul_sum_us8_pairs_float_vnni)
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C. `x` and `y` have the same length.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -282,6 +421,47 @@ mod tests {
                     GgmlType::Q8_0 => vec_dot_q8_0_q8_0(n, &w, &a),
                     _ => vec_dot_q4_1_q8_1(n, &w, &a),
                 };
+                let a_row = a.len();
+                let mut a4 = a.clone();
+                a4.extend_from_slice(&a);
+                a4.extend_from_slice(&a);
+                a4.extend_from_slice(&a);
+                // Four different activation rows: rotate each copy's bytes by whole blocks.
+                let at = act_ty.type_size();
+                for j in 1..4 {
+                    a4[j * a_row..(j + 1) * a_row].rotate_left((j * at) % a_row.max(1));
+                }
+                let rows4 = [
+                    &a4[..a_row],
+                    &a4[a_row..2 * a_row],
+                    &a4[2 * a_row..3 * a_row],
+                    &a4[3 * a_row..],
+                ];
+                let mut fns: Vec<crate::dispatch::VecDot4Fn> = vec![];
+                match ty {
+                    GgmlType::Q8_0 => fns.push(vec_dot4_q8_0_q8_0),
+                    _ => fns.push(vec_dot4_q4_1_q8_1),
+                }
+                if vnni() {
+                    match ty {
+                        GgmlType::Q8_0 => fns.push(vec_dot4_q8_0_q8_0_vnni),
+                        _ => fns.push(vec_dot4_q4_1_q8_1_vnni),
+                    }
+                }
+                for f4 in fns {
+                    let got4 = f4(n, &w, rows4);
+                    for j in 0..4 {
+                        let one = match ty {
+                            GgmlType::Q8_0 => vec_dot_q8_0_q8_0(n, &w, rows4[j]),
+                            _ => vec_dot_q4_1_q8_1(n, &w, rows4[j]),
+                        };
+                        assert_eq!(
+                            got4[j].to_bits(),
+                            one.to_bits(),
+                            "{ty} case {case} x4 row {j}"
+                        );
+                    }
+                }
                 if vnni() {
                     let got_vnni = match ty {
                         GgmlType::Q8_0 => vec_dot_q8_0_q8_0_vnni(n, &w, &a),
