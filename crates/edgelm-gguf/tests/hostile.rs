@@ -42,7 +42,7 @@ impl Raw {
     }
     /// Pads to `align` and appends `n` data bytes.
     fn data(mut self, align: usize, n: usize) -> Vec<u8> {
-        while self.buf.len() % align != 0 {
+        while !self.buf.len().is_multiple_of(align) {
             self.buf.push(0);
         }
         self.buf.resize(self.buf.len() + n, 0xAB);
@@ -391,7 +391,7 @@ fn missing_padding_before_data_section() {
     // A tensor table that ends before the aligned data section start.
     let mut bytes = Raw::new(3, 1, 0).tensor("t", &[0], 0, 0).buf;
     bytes.push(0);
-    assert!(bytes.len() % 32 != 0);
+    assert!(!bytes.len().is_multiple_of(32));
     let e = parse(bytes);
     assert!(matches!(e, GgufError::Truncated { .. }), "{e}");
 }

@@ -35,7 +35,7 @@ pub use threads::ThreadPool;
 /// the size overflows.
 pub fn row_bytes(ty: GgmlType, n: usize) -> Result<usize, KernelError> {
     let block_size = ty.block_size();
-    if n % block_size != 0 {
+    if !n.is_multiple_of(block_size) {
         return Err(KernelError::NotBlockMultiple { ty, n, block_size });
     }
     (n / block_size)

@@ -261,7 +261,7 @@ macro_rules! q8_0_q8_0_x4_body {
 }
 
 /// Splits four activation rows into blocks, each as long as `n_blocks`.
-fn blocks4<'a, B: bytemuck::Pod>(a: [&'a [u8]; 4], n_blocks: usize) -> [&'a [B]; 4] {
+fn blocks4<B: bytemuck::Pod>(a: [&[u8]; 4], n_blocks: usize) -> [&[B]; 4] {
     let ys = a.map(|r| blocks::<B>(r));
     for y in &ys {
         assert_eq!(y.len(), n_blocks, "vec_dot_x4: block counts differ");
