@@ -182,8 +182,10 @@ impl Model {
             n_ctx,
             max_batch,
             pos: 0,
-            k_cache: vec![f16::ZERO; kv_len],
-            v_cache: vec![f16::ZERO; kv_len],
+            // Zeroed allocations: the OS maps pages on first write, so a cache only costs
+            // resident memory for the positions actually used.
+            k_cache: bytemuck::zeroed_vec::<f16>(kv_len),
+            v_cache: bytemuck::zeroed_vec::<f16>(kv_len),
             s,
             logits: vec![0.0; cfg.n_vocab],
         })

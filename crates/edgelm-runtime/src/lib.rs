@@ -10,6 +10,7 @@
 mod engine;
 mod error;
 mod generate;
+pub mod mem;
 mod perplexity;
 mod sampler;
 mod session;

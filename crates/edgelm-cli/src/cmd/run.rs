@@ -2,7 +2,7 @@
 //!
 //! JSON output (`--json`), one object after generation:
 //! `{"prompt_tokens": [ids], "tokens": [generated ids], "text": "...", "finish_reason":
-//!   "stop"|"length"|"eog"|"cancelled", "timings": {"prompt_n", "prompt_ms",
+//!   "stop"|"length"|"eog"|"cancelled", "peak_rss_bytes", "timings": {"prompt_n", "prompt_ms",
 //!   "prompt_per_second", "predicted_n", "predicted_ms", "predicted_per_second"}}`.
 
 use std::io::Write;
@@ -162,7 +162,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
 pub fn stats_line(r: &GenerationResult) -> String {
     let t = &r.timings;
     format!(
-        "prompt: {} tokens ({} reused) in {:.1} ms ({:.1} tokens/s) | generation: {} tokens in {:.1} ms ({:.1} tokens/s) | finish: {}",
+        "prompt: {} tokens ({} reused) in {:.1} ms ({:.1} tokens/s) | generation: {} tokens in {:.1} ms ({:.1} tokens/s) | finish: {} | peak RSS: {}",
         t.n_prompt_tokens,
         r.n_reused_tokens,
         t.prompt_ms,
@@ -170,7 +170,11 @@ pub fn stats_line(r: &GenerationResult) -> String {
         t.n_gen_tokens,
         t.gen_ms,
         t.gen_tokens_per_s(),
-        r.finish_reason
+        r.finish_reason,
+        edgelm_runtime::mem::peak_rss_bytes().map_or("n/a".to_string(), |b| format!(
+            "{:.1} MiB",
+            b as f64 / (1024.0 * 1024.0)
+        ))
     )
 }
 
@@ -190,5 +194,6 @@ pub fn result_json(r: &GenerationResult) -> serde_json::Value {
             "predicted_ms": t.gen_ms,
             "predicted_per_second": t.gen_tokens_per_s(),
         },
+        "peak_rss_bytes": edgelm_runtime::mem::peak_rss_bytes(),
     })
 }
