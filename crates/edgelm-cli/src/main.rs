@@ -35,6 +35,8 @@ enum Command {
     Perplexity(cmd::perplexity::PerplexityArgs),
     /// Download the default model into the cache if it is missing; print its path.
     Fetch(cmd::fetch::FetchArgs),
+    /// Measure prompt-processing and generation speed, as llama-bench does.
+    Bench(cmd::bench::BenchArgs),
 }
 
 impl Command {
@@ -46,6 +48,7 @@ impl Command {
             Command::Chat(a) => &a.global,
             Command::Perplexity(a) => &a.global,
             Command::Fetch(a) => &a.global,
+            Command::Bench(a) => &a.global,
         }
     }
 }
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Fetch(a) => cmd::fetch::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@ mod convert;
 mod dispatch;
 mod error;
 mod matmul;
+pub mod membw;
 pub mod ops;
 pub mod quant;
 mod spin;

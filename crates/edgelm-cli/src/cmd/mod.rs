@@ -1,5 +1,6 @@
 //! Subcommands and what they share: global flags, logging, loading a model.
 
+pub mod bench;
 pub mod chat;
 pub mod fetch;
 pub mod info;
