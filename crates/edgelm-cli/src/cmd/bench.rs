@@ -9,6 +9,7 @@
 //! [{"test": "pp512", "n_threads", "n_tokens", "samples_ts": [...], "avg_ts", "stddev_ts",
 //! "median_ts"}], "peak_rss_bytes"}`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -175,7 +176,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 n_tokens: n,
                 ts,
             };
-            report_line(args, &s);
+            report_line(args, &s)?;
             samples.push(s);
         }
         for &n in &gens {
@@ -200,7 +201,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 n_tokens: n,
                 ts,
             };
-            report_line(args, &s);
+            report_line(args, &s)?;
             samples.push(s);
         }
     }
@@ -212,12 +213,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let bw = edgelm_kernels::membw::read_bandwidth(&pool, 1 << 30, 5);
             let limit = bw / decode_bytes as f64;
             if !args.global.json {
-                println!(
+                writeln!(std::io::stdout(),
                     "| threads {nt:>2} | read bandwidth {:.2} GB/s | decode reads {:.1} MB/token | limit {:.1} t/s |",
                     bw / 1e9,
                     decode_bytes as f64 / 1e6,
                     limit
-                );
+                )?;
             }
             bandwidths
                 .push(json!({"n_threads": nt, "read_bytes_per_s": bw, "decode_limit_ts": limit}));
@@ -240,7 +241,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!(
+        writeln!(
+            std::io::stdout(),
             "{}",
             json!({
                 "model": path.display().to_string(),
@@ -253,9 +255,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "bandwidth": bandwidths,
                 "peak_rss_bytes": peak,
             })
-        );
+        )?;
     } else {
-        println!(
+        writeln!(
+            std::io::stdout(),
             "model: {} ({:.2} MiB, {:.2} M params) | kernels: {} | pool: {} | peak RSS: {}",
             path.display(),
             model_bytes as f64 / (1024.0 * 1024.0),
@@ -266,23 +269,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "{:.1} MiB",
                 b as f64 / (1024.0 * 1024.0)
             ))
-        );
+        )?;
     }
     Ok(())
 }
 
-fn report_line(args: &BenchArgs, s: &Sample) {
+fn report_line(args: &BenchArgs, s: &Sample) -> std::io::Result<()> {
     if args.global.json {
-        return;
+        return Ok(());
     }
-    println!(
+    writeln!(
+        std::io::stdout(),
         "| threads {:>2} | {:>7} | {:>9.2} ± {:>6.2} t/s | median {:>9.2} t/s |",
         s.n_threads,
         s.test,
         s.mean(),
         s.stddev(),
         s.median()
-    );
+    )
 }
 
 #[cfg(test)]

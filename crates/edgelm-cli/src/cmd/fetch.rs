@@ -3,6 +3,7 @@
 //!
 //! JSON output (`--json`): `{"path": "..."}`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -24,10 +25,11 @@ pub struct FetchArgs {
 /// Runs `edgelm fetch`.
 pub fn run(args: &FetchArgs) -> Result<()> {
     let path = crate::fetch::resolve_model(args.model.as_deref())?;
+    let mut out = std::io::stdout().lock();
     if args.global.json {
-        println!("{}", json!({ "path": path.display().to_string() }));
+        writeln!(out, "{}", json!({ "path": path.display().to_string() }))?;
     } else {
-        println!("{}", path.display());
+        writeln!(out, "{}", path.display())?;
     }
     Ok(())
 }
