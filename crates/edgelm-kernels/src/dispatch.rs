@@ -13,6 +13,8 @@ pub(crate) type DequantizeFn = fn(&[u8], &mut [f32]);
 pub(crate) type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 /// One weight row against four activation rows; each result bit-identical to [`VecDotFn`]'s.
 pub(crate) type VecDot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
+/// Two weight rows against four activation rows; each result bit-identical to [`VecDotFn`]'s.
+pub(crate) type VecDot2x4Fn = fn(usize, [&[u8]; 2], [&[u8]; 4]) -> [[f32; 4]; 2];
 /// Quantizes `x` into `dst` (exactly `row_bytes(ty, x.len())` bytes).
 pub(crate) type QuantizeFn = fn(&[f32], &mut [u8]);
 
@@ -26,6 +28,8 @@ pub(crate) struct KernelRow {
     pub(crate) vec_dot: Option<VecDotFn>,
     /// A faster four-activation-row form of `vec_dot`, where a SIMD table has one.
     pub(crate) vec_dot4: Option<VecDot4Fn>,
+    /// A two-weight-row, four-activation-row form, where a SIMD table has one.
+    pub(crate) vec_dot2x4: Option<VecDot2x4Fn>,
     /// The type's `from_float`; `None` for weight-only types.
     pub(crate) quantize: Option<QuantizeFn>,
 }
@@ -73,6 +77,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: f32::dequantize_row,
             vec_dot: Some(|_, w, a| f32::vec_dot(w, a)),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: Some(f32::quantize_row),
         },
         KernelRow {
@@ -81,6 +86,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: f16::dequantize_row,
             vec_dot: Some(|_, w, a| f16::vec_dot(w, a)),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: Some(f16::quantize_row),
         },
         KernelRow {
@@ -89,6 +95,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: bf16::dequantize_row,
             vec_dot: Some(|_, w, a| bf16::vec_dot(w, a)),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: Some(bf16::quantize_row),
         },
         KernelRow {
@@ -97,6 +104,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q4_0::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q4_0::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: None,
         },
         KernelRow {
@@ -105,6 +113,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q4_1::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q4_1::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: None,
         },
         KernelRow {
@@ -113,6 +122,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q5_0::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q5_0::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: None,
         },
         KernelRow {
@@ -121,6 +131,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q5_1::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q5_1::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: None,
         },
         KernelRow {
@@ -129,6 +140,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q8_0::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q8_0::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: Some(|x, d| q8_0::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -137,6 +149,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q8_1::dequantize_row(blocks(s), d),
             vec_dot: None,
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: Some(|x, d| q8_1::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -145,6 +158,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q2_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q2_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: None,
         },
         KernelRow {
@@ -153,6 +167,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q3_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q3_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: None,
         },
         KernelRow {
@@ -161,6 +176,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q4_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q4_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: None,
         },
         KernelRow {
@@ -169,6 +185,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q5_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q5_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: None,
         },
         KernelRow {
@@ -177,6 +194,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q6_k::dequantize_row(blocks(s), d),
             vec_dot: Some(|_, w, a| q6_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: None,
         },
         KernelRow {
@@ -185,6 +203,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             dequantize: |s, d| q8_k::dequantize_row(blocks(s), d),
             vec_dot: None,
             vec_dot4: None,
+            vec_dot2x4: None,
             quantize: Some(|x, d| q8_k::quantize_row(x, blocks_mut(d))),
         },
     ]
@@ -320,6 +339,10 @@ impl Kernels {
             act.len(),
         )?;
         Ok(f(n, w, act))
+    }
+
+    pub(crate) fn vec_dot2x4_fn(&self, ty: GgmlType) -> Option<VecDot2x4Fn> {
+        self.row(ty, "vec_dot").ok().and_then(|r| r.vec_dot2x4)
     }
 
     pub(crate) fn vec_dot4_fn(&self, ty: GgmlType) -> Option<VecDot4Fn> {

@@ -61,6 +61,7 @@ pub fn matmul(
     }
 
     let dot4 = kernels().vec_dot4_fn(ty);
+    let dot2x4 = kernels().vec_dot2x4_fn(ty);
     let out_ptr = OutPtr(out.as_mut_ptr());
     pool.for_each_chunk(n_rows, MIN_ROWS_PER_TASK, move |rows| {
         let out_ptr = out_ptr;
@@ -74,7 +75,36 @@ pub fn matmul(
         // Blocks of tokens whose activations stay in L1 while this task's weight rows pass.
         for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
             let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
-            for r in rows.clone() {
+            let mut r = rows.start;
+            if let Some(dot2x4) = dot2x4 {
+                while r + 2 <= rows.end && t1 - t0 >= 4 {
+                    let w2 = [
+                        &w[r * w_row..(r + 1) * w_row],
+                        &w[(r + 1) * w_row..(r + 2) * w_row],
+                    ];
+                    let mut t = t0;
+                    while t + 4 <= t1 {
+                        let v = dot2x4(
+                            n_cols,
+                            w2,
+                            [act_row(t), act_row(t + 1), act_row(t + 2), act_row(t + 3)],
+                        );
+                        for (i, vi) in v.into_iter().enumerate() {
+                            for (j, vj) in vi.into_iter().enumerate() {
+                                put(t + j, r + i, vj);
+                            }
+                        }
+                        t += 4;
+                    }
+                    for t in t..t1 {
+                        for (i, w_i) in w2.iter().enumerate() {
+                            put(t, r + i, dot(n_cols, w_i, act_row(t)));
+                        }
+                    }
+                    r += 2;
+                }
+            }
+            for r in r..rows.end {
                 let w_r = &w[r * w_row..(r + 1) * w_row];
                 let mut t = t0;
                 if let Some(dot4) = dot4 {

@@ -33,6 +33,7 @@ pub(crate) fn install(k: &mut Kernels) {
             GgmlType::Q4_1 => {
                 row.vec_dot = Some(vec_dot_q4_1_q8_1);
                 row.vec_dot4 = Some(vec_dot4_q4_1_q8_1);
+                row.vec_dot2x4 = Some(vec_dot2x4_q4_1_q8_1);
             }
             _ => {}
         }
@@ -50,6 +51,7 @@ pub(crate) fn install(k: &mut Kernels) {
                 GgmlType::Q4_1 => {
                     row.vec_dot = Some(vec_dot_q4_1_q8_1_vnni);
                     row.vec_dot4 = Some(vec_dot4_q4_1_q8_1_vnni);
+                    row.vec_dot2x4 = Some(vec_dot2x4_q4_1_q8_1_vnni);
                 }
                 _ => {}
             }
@@ -232,6 +234,89 @@ macro_rules! q4_1_q8_1_x4_body {
         }
         out
     }};
+}
+
+/// Two Q4_1 weight rows against four activation rows: eight results, each computed exactly as
+/// the single-row body computes it; activation blocks are loaded and converted once for both
+/// rows.
+macro_rules! q4_1_q8_1_2x4_body {
+    ($x0:expr, $x1:expr, $ys:expr, $mul_sum:ident) => {{
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        let mut summs = [[0.0f32; 4]; 2];
+        let low_mask = _mm256_set1_epi8(0x0F);
+        for ib in 0..$x0.len() {
+            let xb = [&$x0[ib], &$x1[ib]];
+            let mut qx = [_mm256_setzero_si256(); 2];
+            let mut d0v = [_mm256_setzero_ps(); 2];
+            let mut m = [0.0f32; 2];
+            for r in 0..2 {
+                // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
+                let tmp = unsafe { _mm_loadu_si128(xb[r].qs.as_ptr().cast()) };
+                qx[r] = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
+                d0v[r] = _mm256_set1_ps(f16c(xb[r].d));
+                m[r] = f16c(xb[r].m);
+            }
+            for j in 0..4 {
+                let yb = &$ys[j][ib];
+                let s = f16c(yb.s);
+                let d1 = _mm256_set1_ps(f16c(yb.d));
+                // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+                let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+                for r in 0..2 {
+                    summs[r][j] = m[r].mul_add(s, summs[r][j]);
+                    let d0d1 = _mm256_mul_ps(d0v[r], d1);
+                    acc[r][j] = _mm256_fmadd_ps(d0d1, $mul_sum(qx[r], qy), acc[r][j]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; 4]; 2];
+        for r in 0..2 {
+            for j in 0..4 {
+                out[r][j] = hsum_float_8(acc[r][j]) + summs[r][j];
+            }
+        }
+        out
+    }};
+}
+
+/// Table entry: two Q4_1 rows × four activation rows (AVX2, FMA, F16C detected by `install`).
+fn vec_dot2x4_q4_1_q8_1(_n: usize, w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
+    let (x0, x1): (&[BlockQ4_1], &[BlockQ4_1]) = (blocks(w[0]), blocks(w[1]));
+    assert_eq!(x0.len(), x1.len(), "vec_dot2x4: block counts differ");
+    let ys = blocks4::<BlockQ8_1>(a, x0.len());
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { q4_1_q8_1_2x4_avx2(x0, x1, ys) }
+}
+
+/// Table entry: the same with VNNI (detected by `install`).
+fn vec_dot2x4_q4_1_q8_1_vnni(_n: usize, w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
+    let (x0, x1): (&[BlockQ4_1], &[BlockQ4_1]) = (blocks(w[0]), blocks(w[1]));
+    assert_eq!(x0.len(), x1.len(), "vec_dot2x4: block counts differ");
+    let ys = blocks4::<BlockQ8_1>(a, x0.len());
+    // SAFETY: as above.
+    unsafe { q4_1_q8_1_2x4_vnni(x0, x1, ys) }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `x1` and every `ys[j]` are as long as `x0`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_q8_1_2x4_avx2(
+    x0: &[BlockQ4_1],
+    x1: &[BlockQ4_1],
+    ys: [&[BlockQ8_1]; 4],
+) -> [[f32; 4]; 2] {
+    q4_1_q8_1_2x4_body!(x0, x1, ys, mul_sum_us8_pairs_float)
+}
+
+/// # Safety
+/// As [`q4_1_q8_1_2x4_avx2`], plus AVX-512 VNNI and VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn q4_1_q8_1_2x4_vnni(
+    x0: &[BlockQ4_1],
+    x1: &[BlockQ4_1],
+    ys: [&[BlockQ8_1]; 4],
+) -> [[f32; 4]; 2] {
+    q4_1_q8_1_2x4_body!(x0, x1, ys, mul_sum_us8_pairs_float_vnni)
 }
 
 /// Q8_0 × four Q8_0 activation rows, each exactly as the single-row body.
@@ -460,6 +545,32 @@ mod tests {
                             one.to_bits(),
                             "{ty} case {case} x4 row {j}"
                         );
+                    }
+                }
+                if ty == GgmlType::Q4_1 {
+                    // A second weight row: the first one's blocks in reverse order.
+                    let mut w2 = w.clone();
+                    let nb = n / 32;
+                    for bi in 0..nb {
+                        w2[bi * ts..(bi + 1) * ts]
+                            .copy_from_slice(&w[(nb - 1 - bi) * ts..(nb - bi) * ts]);
+                    }
+                    let mut f2: Vec<crate::dispatch::VecDot2x4Fn> = vec![vec_dot2x4_q4_1_q8_1];
+                    if vnni() {
+                        f2.push(vec_dot2x4_q4_1_q8_1_vnni);
+                    }
+                    for f in f2 {
+                        let got = f(n, [&w, &w2], rows4);
+                        for (r, wr) in [&w, &w2].into_iter().enumerate() {
+                            for j in 0..4 {
+                                let one = vec_dot_q4_1_q8_1(n, wr, rows4[j]);
+                                assert_eq!(
+                                    got[r][j].to_bits(),
+                                    one.to_bits(),
+                                    "case {case} 2x4 {r} {j}"
+                                );
+                            }
+                        }
                     }
                 }
                 if vnni() {
