@@ -120,7 +120,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let prompts: Vec<usize> = args.n_prompt.iter().copied().filter(|&n| n > 0).collect();
     let gens: Vec<usize> = args.n_gen.iter().copied().filter(|&n| n > 0).collect();
-    if prompts.is_empty() && gens.is_empty() {
+    if prompts.is_empty() && gens.is_empty() && !args.membw {
         return Err(usage("nothing to measure: give -p and/or -n"));
     }
     let threads: Vec<usize> = if args.threads_list.is_empty() {

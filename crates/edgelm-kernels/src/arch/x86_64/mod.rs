@@ -11,10 +11,13 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use crate::dispatch::Kernels;
-use crate::quant::{blocks, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::quant::{
+    blocks, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
 use crate::GgmlType;
 
 mod attn;
+mod kquants;
 
 /// Replaces the kernels this CPU can speed up and names the table.
 pub(crate) fn install(k: &mut Kernels) {
@@ -35,6 +38,14 @@ pub(crate) fn install(k: &mut Kernels) {
                 row.vec_dot4 = Some(vec_dot4_q4_1_q8_1);
                 row.vec_dot2x4 = Some(vec_dot2x4_q4_1_q8_1);
             }
+            _ => {}
+        }
+    }
+    for row in k.rows.iter_mut() {
+        match row.ty {
+            GgmlType::Q5_0 => row.vec_dot = Some(vec_dot_q5_0_q8_0),
+            GgmlType::Q4_K => row.vec_dot = Some(vec_dot_q4_k_q8_k),
+            GgmlType::Q6_K => row.vec_dot = Some(vec_dot_q6_k_q8_k),
             _ => {}
         }
     }
@@ -66,6 +77,30 @@ fn vnni() -> bool {
     is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("avx512vl")
         && std::env::var_os("EDGELM_NO_VNNI").is_none()
+}
+
+/// Table entry: Q5_0 × Q8_0 (AVX2, FMA and F16C detected by `install`).
+fn vec_dot_q5_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y): (&[BlockQ5_0], &[BlockQ8_0]) = (blocks(w), blocks(a));
+    assert_eq!(x.len(), y.len(), "vec_dot_q5_0_q8_0: block counts differ");
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { kquants::q5_0_q8_0(x, y) }
+}
+
+/// Table entry: Q4_K × Q8_K (AVX2, FMA and F16C detected by `install`).
+fn vec_dot_q4_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y): (&[BlockQ4K], &[BlockQ8K]) = (blocks(w), blocks(a));
+    assert_eq!(x.len(), y.len(), "vec_dot_q4_k_q8_k: block counts differ");
+    // SAFETY: as above.
+    unsafe { kquants::q4_k_q8_k(x, y) }
+}
+
+/// Table entry: Q6_K × Q8_K (AVX2, FMA and F16C detected by `install`).
+fn vec_dot_q6_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y): (&[BlockQ6K], &[BlockQ8K]) = (blocks(w), blocks(a));
+    assert_eq!(x.len(), y.len(), "vec_dot_q6_k_q8_k: block counts differ");
+    // SAFETY: as above.
+    unsafe { kquants::q6_k_q8_k(x, y) }
 }
 
 /// Table entry: flash attention (AVX2, FMA and F16C detected by `install`).
@@ -452,6 +487,68 @@ mod tests {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         *s >> 33
+    }
+
+    /// Q5_0, Q4_K and Q6_K: random weight bytes (with sane f16 scales) against quantized random
+    /// activations; equal to the scalar reference up to f32 accumulation order.
+    #[test]
+    fn avx2_q5_0_and_k_quant_dots_match_scalar_reference() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let scalar = Kernels::scalar();
+        let mut s = 99u64;
+        for case in 0..120usize {
+            for ty in [GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+                let bs = ty.block_size();
+                let n = bs * (1 + case % 5);
+                let x: Vec<f32> = (0..n)
+                    .map(|_| (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0)
+                    .collect();
+                let ts = ty.type_size();
+                let mut w: Vec<u8> = (0..n / bs * ts).map(|_| lcg(&mut s) as u8).collect();
+                // f16 scale fields at their offsets, small and finite.
+                let scale_offsets: &[usize] = match ty {
+                    GgmlType::Q5_0 => &[0],
+                    GgmlType::Q4_K => &[0, 2],
+                    _ => &[ts - 2],
+                };
+                for b in w.chunks_exact_mut(ts) {
+                    for &o in scale_offsets {
+                        let v = (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 0.02;
+                        b[o..o + 2].copy_from_slice(&crate::f32_to_f16(v).to_le_bytes());
+                    }
+                }
+                let act_ty = scalar.vec_dot_type(ty).expect("weight type");
+                let mut a = vec![0u8; crate::row_bytes(act_ty, n).expect("bytes")];
+                scalar
+                    .quantize_activation(act_ty, &x, &mut a)
+                    .expect("quantize");
+                let want = scalar.vec_dot(ty, n, &w, &a).expect("dot");
+                let got = match ty {
+                    GgmlType::Q5_0 => vec_dot_q5_0_q8_0(n, &w, &a),
+                    GgmlType::Q4_K => vec_dot_q4_k_q8_k(n, &w, &a),
+                    _ => vec_dot_q6_k_q8_k(n, &w, &a),
+                };
+                let mut wf = vec![0.0f32; n];
+                let mut af = vec![0.0f32; n];
+                scalar.dequantize_row(ty, &w, &mut wf).expect("deq");
+                scalar.dequantize_row(act_ty, &a, &mut af).expect("deq");
+                let mag: f64 = wf
+                    .iter()
+                    .zip(&af)
+                    .map(|(p, q)| (*p as f64 * *q as f64).abs())
+                    .sum();
+                assert!(
+                    ((got - want) as f64).abs() <= 1e-5 * mag + 1e-30,
+                    "{ty} case {case}: avx2 {got} scalar {want} (mag {mag})"
+                );
+            }
+        }
     }
 
     /// Random blocks, including edge quants (all 0x00, all 0xFF, -128/127 weights) and zero /
