@@ -37,6 +37,17 @@ pub(crate) struct KernelRow {
 /// One-query flash attention over an F16 cache (see [`crate::ops::attention_one_query_f16`]).
 pub(crate) type AttnFn =
     fn(&mut [f32], &mut [half::f16], &[half::f16], &[half::f16], &[half::f16], usize, f32);
+/// Tiled flash attention (see [`crate::tiled::attention_tiled_f16`]).
+pub(crate) type TiledFn = fn(
+    &mut [f32],
+    &[f32],
+    &[half::f16],
+    &[half::f16],
+    usize,
+    usize,
+    f32,
+    &mut crate::tiled::TiledScratch,
+);
 /// f32 row to F16 (round to nearest even).
 pub(crate) type ToF16Fn = fn(&mut [half::f16], &[f32]);
 
@@ -46,6 +57,7 @@ pub struct Kernels {
     pub(crate) rows: Vec<KernelRow>,
     pub(crate) attn: AttnFn,
     pub(crate) to_f16: ToF16Fn,
+    pub(crate) tiled: TiledFn,
 }
 
 /// Every type with kernels, in the table's order.
@@ -218,6 +230,7 @@ impl Kernels {
             rows: scalar_rows(),
             attn: crate::ops::attention_one_query_f16,
             to_f16: crate::ops::f32_to_f16_row,
+            tiled: crate::tiled::attention_tiled_f16,
         })
     }
 
@@ -231,6 +244,7 @@ impl Kernels {
                 rows: scalar_rows(),
                 attn: crate::ops::attention_one_query_f16,
                 to_f16: crate::ops::f32_to_f16_row,
+                tiled: crate::tiled::attention_tiled_f16,
             };
             #[cfg(target_arch = "x86_64")]
             crate::arch::x86_64::install(&mut k);
@@ -257,6 +271,23 @@ impl Kernels {
         scale: f32,
     ) {
         (self.attn)(out, acc, q, k, v, n_kv, scale)
+    }
+
+    /// llama.cpp's tiled flash attention for a block of query rows of one head, bit-identical to
+    /// the reference [`crate::tiled::attention_tiled_f16`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_tiled_f16(
+        &self,
+        out: &mut [f32],
+        q: &[f32],
+        k: &[half::f16],
+        v: &[half::f16],
+        first_visible: usize,
+        d: usize,
+        scale: f32,
+        scratch: &mut crate::tiled::TiledScratch,
+    ) {
+        (self.tiled)(out, q, k, v, first_visible, d, scale, scratch)
     }
 
     /// Converts an f32 row to F16 (round to nearest even).

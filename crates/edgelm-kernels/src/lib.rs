@@ -25,6 +25,7 @@ pub mod ops;
 pub mod quant;
 mod spin;
 mod threads;
+pub mod tiled;
 
 pub use convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 pub use dispatch::{kernels, Kernels, SUPPORTED_TYPES};

@@ -19,7 +19,7 @@ const LANES: usize = 16;
 
 /// Sums 16 lanes the way GCC's `_mm512_reduce_add_ps` does: halves, then quarters, then pairs.
 #[inline]
-fn reduce_add_16(v: &[f32; LANES]) -> f32 {
+pub(crate) fn reduce_add_16(v: &[f32; LANES]) -> f32 {
     let mut t8 = [0.0f32; 8];
     for k in 0..8 {
         t8[k] = v[k + 8] + v[k];

@@ -154,6 +154,44 @@ impl ThreadPool {
     }
 }
 
+impl ThreadPool {
+    /// Calls `f(first_row, rows)` for consecutive groups of `group` rows (`row_len` long) of
+    /// `data`, in parallel (the last group may be shorter).
+    pub fn for_each_row_group_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        row_len: usize,
+        group: usize,
+        f: impl Fn(usize, &mut [T]) + Sync + Send,
+    ) {
+        if row_len == 0 || data.is_empty() || group == 0 {
+            return;
+        }
+        assert_eq!(
+            data.len() % row_len,
+            0,
+            "for_each_row_group_mut: ragged rows"
+        );
+        let n_rows = data.len() / row_len;
+        let n_groups = n_rows.div_ceil(group);
+        let base = RowsPtr(data.as_mut_ptr());
+        self.run(n_groups, &|c| {
+            let base = &base;
+            let first = c * group;
+            let last = (first + group).min(n_rows);
+            // SAFETY: group c covers rows first..last, disjoint from every other group's and
+            // inside `data`; `data` stays mutably borrowed until `run` returns.
+            let rows = unsafe {
+                std::slice::from_raw_parts_mut(
+                    base.0.add(first * row_len),
+                    (last - first) * row_len,
+                )
+            };
+            f(first, rows);
+        });
+    }
+}
+
 impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThreadPool")
@@ -207,6 +245,23 @@ mod tests {
             })
         });
         assert_eq!(inner.load(Ordering::Relaxed), 16);
+    }
+
+    #[test]
+    fn row_groups_cover_every_row() {
+        for (n_threads, rayon) in [(1, false), (2, false), (3, true)] {
+            let pool = ThreadPool::build(n_threads, rayon).expect("pool");
+            let mut data = vec![0usize; 130 * 3];
+            pool.for_each_row_group_mut(&mut data, 3, 64, |first, rows| {
+                assert_eq!(first % 64, 0);
+                for (j, r) in rows.chunks_exact_mut(3).enumerate() {
+                    r.fill(first + j + 1);
+                }
+            });
+            for (k, x) in data.iter().enumerate() {
+                assert_eq!(*x, k / 3 + 1);
+            }
+        }
     }
 
     #[test]

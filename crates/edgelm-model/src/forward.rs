@@ -22,6 +22,7 @@
 //! single-token decodes (split-KV path) its rounding differs slightly from ours.
 
 use edgelm_kernels::ops::{self, rope_cache, rope_forward};
+use edgelm_kernels::tiled::{TiledScratch, Q_TILE};
 use edgelm_kernels::ThreadPool;
 use half::f16;
 
@@ -300,28 +301,60 @@ fn forward_batch(
                 k_tab.f32_to_f16_row(&mut vc[dst..dst + d], &s.v[src..src + d]);
             }
         }
-        // 2d. causal attention: token t sees positions 0..=pos0+t; one task per (token, head)
+        // 2d. causal attention: token t sees positions 0..=pos0+t. llama.cpp takes its tiled
+        // path for batches of 64 or more tokens and its one-query path below that; so do we.
         let k_tab = edgelm_kernels::kernels();
         let q_all = &s.q[..t_n * qd];
         let (kc, vc) = (&*kc, &*vc);
-        pool.for_each_row_mut(&mut s.attn[..t_n * qd], d, 4, |i, out| {
-            let (t, h) = (i / cfg.n_head, i % cfg.n_head);
-            let n_kv = pos0 + t + 1;
-            let base = (h / group) * n_ctx * d;
-            let mut q16 = [f16::ZERO; MAX_HEAD_DIM];
-            let mut acc16 = [f16::ZERO; MAX_HEAD_DIM];
-            let (q16, acc16) = (&mut q16[..d], &mut acc16[..d]);
-            k_tab.f32_to_f16_row(q16, &q_all[i * d..(i + 1) * d]);
-            k_tab.attention_one_query_f16(
-                out,
-                acc16,
-                q16,
-                &kc[base..base + n_kv * d],
-                &vc[base..base + n_kv * d],
-                n_kv,
-                scale,
-            );
-        });
+        if t_n >= Q_TILE {
+            pool.for_each_row_group_mut(&mut s.attn[..t_n * qd], qd, Q_TILE, |t0, rows| {
+                let n_q = rows.len() / qd;
+                let mut scratch = TiledScratch::new(d, d);
+                let mut qh = vec![0.0f32; n_q * d];
+                let mut oh = vec![0.0f32; n_q * d];
+                for h in 0..cfg.n_head {
+                    let base = (h / group) * n_ctx * d;
+                    for j in 0..n_q {
+                        let src = (t0 + j) * qd + h * d;
+                        qh[j * d..(j + 1) * d].copy_from_slice(&q_all[src..src + d]);
+                    }
+                    let n_vis = pos0 + t0 + n_q;
+                    k_tab.attention_tiled_f16(
+                        &mut oh,
+                        &qh,
+                        &kc[base..base + n_vis * d],
+                        &vc[base..base + n_vis * d],
+                        pos0 + t0,
+                        d,
+                        scale,
+                        &mut scratch,
+                    );
+                    for j in 0..n_q {
+                        rows[j * qd + h * d..j * qd + (h + 1) * d]
+                            .copy_from_slice(&oh[j * d..(j + 1) * d]);
+                    }
+                }
+            });
+        } else {
+            pool.for_each_row_mut(&mut s.attn[..t_n * qd], d, 4, |i, out| {
+                let (t, h) = (i / cfg.n_head, i % cfg.n_head);
+                let n_kv = pos0 + t + 1;
+                let base = (h / group) * n_ctx * d;
+                let mut q16 = [f16::ZERO; MAX_HEAD_DIM];
+                let mut acc16 = [f16::ZERO; MAX_HEAD_DIM];
+                let (q16, acc16) = (&mut q16[..d], &mut acc16[..d]);
+                k_tab.f32_to_f16_row(q16, &q_all[i * d..(i + 1) * d]);
+                k_tab.attention_one_query_f16(
+                    out,
+                    acc16,
+                    q16,
+                    &kc[base..base + n_kv * d],
+                    &vc[base..base + n_kv * d],
+                    n_kv,
+                    scale,
+                );
+            });
+        }
         // 2e. output projection and residual
         let act = kern::quantize(
             pool,

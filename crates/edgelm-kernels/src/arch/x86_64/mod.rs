@@ -51,6 +51,7 @@ pub(crate) fn install(k: &mut Kernels) {
     }
     k.attn = attention_avx2;
     k.to_f16 = f32_to_f16_avx2;
+    k.tiled = tiled_avx2;
     k.name = "avx2+fma+f16c";
     if vnni() {
         for row in k.rows.iter_mut() {
@@ -115,6 +116,39 @@ fn attention_avx2(
 ) {
     // SAFETY: `install` put this function in the table only after detecting the features.
     unsafe { attn::attention_one_query_f16(out, acc, q, k, v, n_kv, scale) }
+}
+
+/// Table entry: tiled flash attention, the reference body compiled with AVX2 + FMA.
+#[allow(clippy::too_many_arguments)]
+fn tiled_avx2(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    first_visible: usize,
+    d: usize,
+    scale: f32,
+    scratch: &mut crate::tiled::TiledScratch,
+) {
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { tiled_avx2_inner(out, q, k, v, first_visible, d, scale, scratch) }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiled_avx2_inner(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    first_visible: usize,
+    d: usize,
+    scale: f32,
+    scratch: &mut crate::tiled::TiledScratch,
+) {
+    crate::tiled::attention_tiled_body(out, q, k, v, first_visible, d, scale, scratch)
 }
 
 /// Table entry: f32 → F16 row (AVX2, FMA and F16C detected by `install`).
@@ -548,6 +582,40 @@ mod tests {
                     "{ty} case {case}: avx2 {got} scalar {want} (mag {mag})"
                 );
             }
+        }
+    }
+
+    /// The vectorised tiled attention equals the scalar reference bit for bit.
+    #[test]
+    fn tiled_attention_avx2_is_bit_identical() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let mut s = 3u64;
+        let mut r = |scale: f32| (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * scale;
+        for &(d, n_q, first) in &[
+            (64usize, 64usize, 0usize),
+            (64, 64, 200),
+            (128, 70, 5),
+            (8, 64, 63),
+        ] {
+            let n_kv = first + n_q;
+            let q: Vec<f32> = (0..n_q * d).map(|_| r(3.0)).collect();
+            let k: Vec<f16> = (0..n_kv * d).map(|_| f16::from_f32(r(3.0))).collect();
+            let v: Vec<f16> = (0..n_kv * d).map(|_| f16::from_f32(r(5.0))).collect();
+            let mut o1 = vec![0.0f32; n_q * d];
+            let mut o2 = vec![0.0f32; n_q * d];
+            let mut s1 = crate::tiled::TiledScratch::new(d, d);
+            let mut s2 = crate::tiled::TiledScratch::new(d, d);
+            crate::tiled::attention_tiled_f16(&mut o1, &q, &k, &v, first, d, 0.125, &mut s1);
+            tiled_avx2(&mut o2, &q, &k, &v, first, d, 0.125, &mut s2);
+            let b1: Vec<u32> = o1.iter().map(|x| x.to_bits()).collect();
+            let b2: Vec<u32> = o2.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(b1, b2, "d={d} n_q={n_q} first={first}");
         }
     }
 

@@ -1,0 +1,246 @@
+//! llama.cpp's tiled flash attention (`ggml_compute_forward_flash_attn_ext_tiled`), which it
+//! takes for batches of 64 or more query tokens: Q stays f32; for each tile of 64 cached
+//! positions, scores are f32 dot products (one fused multiply-add chain per score, dimension by
+//! dimension, as its `simd_gemm` computes each element), scaled, masked, then an online softmax
+//! per tile (tile max, `expf` rescale of the running output and sum, polynomial `exp` of the
+//! scores summed in f64 by 16-lane groups) and `V` accumulated in f32 (one fma chain per output
+//! element over the tile's positions). The output is divided by the sum at the end.
+//!
+//! The body is written once ([`attention_tiled_body`]) and compiled twice: as the scalar
+//! reference ([`attention_tiled_f16`]) and with AVX2 + FMA enabled (in `arch::x86_64`), where
+//! LLVM vectorises the independent chains; `f32::mul_add` is one rounding in both, so the two
+//! are bit-identical (tested).
+
+use half::f16;
+
+use crate::ops::{expf_ggml, reduce_add_16};
+
+/// Cached positions per tile (ggml `GGML_FA_TILE_KV`).
+pub const KV_TILE: usize = 64;
+
+/// Query tokens per tile (ggml `GGML_FA_TILE_Q`); llama.cpp takes this path for batches of at
+/// least this many tokens.
+pub const Q_TILE: usize = 64;
+
+/// Scratch for one task of [`attention_tiled_f16`]: a K tile transposed to f32, a V tile in f32,
+/// and one row of scores.
+pub struct TiledScratch {
+    kt: Vec<f32>,
+    v32: Vec<f32>,
+}
+
+impl TiledScratch {
+    /// Scratch for heads of `d` (key) and `dv` (value) dimensions.
+    pub fn new(d: usize, dv: usize) -> TiledScratch {
+        TiledScratch {
+            kt: vec![0.0; d * KV_TILE],
+            v32: vec![0.0; KV_TILE * dv],
+        }
+    }
+}
+
+/// Attention of `n_q` query rows of one head (q: [n_q, d] f32) over an F16 cache
+/// (k: [n_kv, d], v: [n_kv, dv], rows in position order); query row `j` sees positions
+/// `0..first_visible + j + 1` (causal). out: [n_q, dv].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_tiled_f16(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    first_visible: usize,
+    d: usize,
+    scale: f32,
+    scratch: &mut TiledScratch,
+) {
+    attention_tiled_body(out, q, k, v, first_visible, d, scale, scratch)
+}
+
+/// The body shared by the scalar and the vectorised builds.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_tiled_body(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    first_visible: usize,
+    d: usize,
+    scale: f32,
+    scratch: &mut TiledScratch,
+) {
+    assert!(d > 0 && q.len() % d == 0, "attention_tiled: q shape");
+    let n_q = q.len() / d;
+    assert!(
+        n_q > 0 && out.len() % n_q == 0,
+        "attention_tiled: out shape"
+    );
+    let dv = out.len() / n_q;
+    let n_vis_max = first_visible + n_q;
+    assert!(k.len() >= n_vis_max * d, "attention_tiled: k too short");
+    assert!(v.len() >= n_vis_max * dv, "attention_tiled: v too short");
+    assert!(
+        scratch.kt.len() >= d * KV_TILE && scratch.v32.len() >= KV_TILE * dv,
+        "attention_tiled: scratch too small"
+    );
+    let mut m = vec_fill(n_q, f32::NEG_INFINITY);
+    let mut s = vec_fill(n_q, 0.0f32);
+    out.fill(0.0);
+    let kt = &mut scratch.kt[..d * KV_TILE];
+    let v32 = &mut scratch.v32[..KV_TILE * dv];
+    let mut scores = [0.0f32; KV_TILE];
+    let mut ic = 0;
+    while ic < n_vis_max {
+        let tile = KV_TILE.min(n_vis_max - ic);
+        // K tile transposed (kt[dk][tk]) and V tile, in f32, zero-padded.
+        kt.fill(0.0);
+        for tk in 0..tile {
+            let row = &k[(ic + tk) * d..(ic + tk + 1) * d];
+            for (dk, &x) in row.iter().enumerate() {
+                kt[dk * KV_TILE + tk] = x.to_f32();
+            }
+        }
+        v32.fill(0.0);
+        for tk in 0..tile {
+            let row = &v[(ic + tk) * dv..(ic + tk + 1) * dv];
+            for (o, &x) in v32[tk * dv..(tk + 1) * dv].iter_mut().zip(row) {
+                *o = x.to_f32();
+            }
+        }
+        for j in 0..n_q {
+            let n_vis = first_visible + j + 1;
+            if n_vis <= ic {
+                continue; // every position of this tile is masked for this row
+            }
+            let qj = &q[j * d..(j + 1) * d];
+            // scores[tk] = fma chain over dk, then scale; masked or padded: -inf.
+            scores.fill(0.0);
+            for (dk, &qv) in qj.iter().enumerate() {
+                let krow = &kt[dk * KV_TILE..(dk + 1) * KV_TILE];
+                for (sc, &kv) in scores.iter_mut().zip(krow) {
+                    *sc = kv.mul_add(qv, *sc);
+                }
+            }
+            let visible = (n_vis - ic).min(KV_TILE);
+            for (tk, sc) in scores.iter_mut().enumerate() {
+                *sc = if tk < visible {
+                    *sc * scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+            let mut tile_max = f32::NEG_INFINITY;
+            for &x in scores.iter() {
+                tile_max = if tile_max > x { tile_max } else { x };
+            }
+            let m_old = m[j];
+            let m_new = m_old.max(tile_max);
+            let oj = &mut out[j * dv..(j + 1) * dv];
+            if m_new > m_old {
+                let ms = (m_old - m_new).exp();
+                for o in oj.iter_mut() {
+                    *o *= ms;
+                }
+                s[j] *= ms;
+            }
+            m[j] = m_new;
+            // Softmax numerators in place, summed as ggml_vec_soft_max_f32 (AVX-512).
+            let mut sum = 0.0f64;
+            for chunk in scores.chunks_exact_mut(16) {
+                let mut lanes = [0.0f32; 16];
+                for (l, x) in lanes.iter_mut().zip(chunk.iter_mut()) {
+                    *x = expf_ggml(*x - m_new);
+                    *l = *x;
+                }
+                sum += reduce_add_16(&lanes) as f64;
+            }
+            s[j] = (s[j] as f64 + sum) as f32;
+            // out[j][dv] += sum over tk of p[tk] * v[tk][dv]: one fma chain per element.
+            for (tk, &p) in scores.iter().enumerate().take(tile) {
+                let vrow = &v32[tk * dv..(tk + 1) * dv];
+                for (o, &vv) in oj.iter_mut().zip(vrow) {
+                    *o = vv.mul_add(p, *o);
+                }
+            }
+        }
+        ic += KV_TILE;
+    }
+    for j in 0..n_q {
+        let inv = if s[j] == 0.0 { 0.0 } else { 1.0 / s[j] };
+        for o in out[j * dv..(j + 1) * dv].iter_mut() {
+            *o *= inv;
+        }
+    }
+}
+
+/// A small vector on the heap (n_q <= Q_TILE in practice).
+fn vec_fill(n: usize, x: f32) -> Vec<f32> {
+    vec![x; n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(n: usize, scale: f32, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// Against softmax(q·k·scale)·v in f64, causal: the tiled online softmax is exact up to f32
+    /// rounding.
+    #[test]
+    fn tiled_attention_matches_f64_softmax() {
+        let mut seed = 5u64;
+        for &(d, n_q, first) in &[
+            (64usize, 64usize, 0usize),
+            (64, 70, 100),
+            (32, 3, 130),
+            (8, 65, 0),
+        ] {
+            let n_kv = first + n_q;
+            let q = rand_vec(n_q * d, 1.0, &mut seed);
+            let k: Vec<f16> = rand_vec(n_kv * d, 1.0, &mut seed)
+                .iter()
+                .map(|&x| f16::from_f32(x))
+                .collect();
+            let v: Vec<f16> = rand_vec(n_kv * d, 2.0, &mut seed)
+                .iter()
+                .map(|&x| f16::from_f32(x))
+                .collect();
+            let scale = 1.0 / (d as f32).sqrt();
+            let mut out = vec![0.0f32; n_q * d];
+            let mut sc = TiledScratch::new(d, d);
+            attention_tiled_f16(&mut out, &q, &k, &v, first, d, scale, &mut sc);
+            for j in 0..n_q {
+                let n_vis = first + j + 1;
+                let s: Vec<f64> = (0..n_vis)
+                    .map(|t| {
+                        (0..d)
+                            .map(|i| q[j * d + i] as f64 * k[t * d + i].to_f64())
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+                for i in 0..d {
+                    let want: f64 = (0..n_vis)
+                        .map(|t| (s[t] - mx).exp() / z * v[t * d + i].to_f64())
+                        .sum();
+                    let got = out[j * d + i] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "d={d} j={j} i={i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
