@@ -69,10 +69,13 @@ pub(crate) fn attention_tiled_body(
     scale: f32,
     scratch: &mut TiledScratch,
 ) {
-    assert!(d > 0 && q.len() % d == 0, "attention_tiled: q shape");
+    assert!(
+        d > 0 && q.len().is_multiple_of(d),
+        "attention_tiled: q shape"
+    );
     let n_q = q.len() / d;
     assert!(
-        n_q > 0 && out.len() % n_q == 0,
+        n_q > 0 && out.len().is_multiple_of(n_q),
         "attention_tiled: out shape"
     );
     let dv = out.len() / n_q;
