@@ -259,9 +259,14 @@ fn forward_batch(
         }
         // 2b. Q, K, V
         let xn = &s.xn[..t_n * c];
-        qkv_matmul(pool, file, &l.wq, xn, t_n, &mut s.act, &mut s.q)?;
-        qkv_matmul(pool, file, &l.wk, xn, t_n, &mut s.act, &mut s.k)?;
-        qkv_matmul(pool, file, &l.wv, xn, t_n, &mut s.act, &mut s.v)?;
+        shared_input_matmuls(
+            pool,
+            file,
+            xn,
+            t_n,
+            &mut s.act,
+            [(&l.wq, &mut s.q), (&l.wk, &mut s.k), (&l.wv, &mut s.v)],
+        )?;
         add_bias(&mut s.q[..t_n * qd], l.bq.as_deref());
         add_bias(&mut s.k[..t_n * kvd], l.bk.as_deref());
         add_bias(&mut s.v[..t_n * kvd], l.bv.as_deref());
@@ -374,8 +379,14 @@ fn forward_batch(
             ops::rmsnorm_forward(&mut s.xn[r.clone()], &s.x[r], &l.ffn_norm, cfg.rms_eps);
         }
         let xn = &s.xn[..t_n * c];
-        qkv_matmul(pool, file, &l.w_gate, xn, t_n, &mut s.act, &mut s.gate)?;
-        qkv_matmul(pool, file, &l.w_up, xn, t_n, &mut s.act, &mut s.up)?;
+        shared_input_matmuls(
+            pool,
+            file,
+            xn,
+            t_n,
+            &mut s.act,
+            [(&l.w_gate, &mut s.gate), (&l.w_up, &mut s.up)],
+        )?;
         let ff = t_n * cfg.n_ff;
         let (gate, up) = (&s.gate, &s.up);
         pool.for_each_row_mut(&mut s.hidden[..ff], cfg.n_ff, 1, |t, h| {
@@ -422,18 +433,29 @@ fn forward_batch(
     Ok(())
 }
 
-/// `out = W · x` with `x` ([T, n_in]) quantized to the weight's activation type.
-fn qkv_matmul(
+/// `out_i = W_i · x` for matrices that share their input `x` ([T, n_in]): `x` is quantized once
+/// per activation type (Q, K and V, or gate and up, usually share one), not once per matrix.
+fn shared_input_matmuls<const N: usize>(
     pool: &ThreadPool,
     file: &edgelm_gguf::GgufFile,
-    m: &Matrix,
     x: &[f32],
     t_n: usize,
     act_buf: &mut [u8],
-    out: &mut [f32],
+    jobs: [(&Matrix, &mut Vec<f32>); N],
 ) -> Result<(), ModelError> {
-    let act = kern::quantize(pool, m.act_ty, x, m.n_in, act_buf, &m.name)?;
-    kern::matmul(pool, file, m, act, t_n, out)
+    let mut quantized: Option<(edgelm_gguf::GgmlType, usize, usize)> = None;
+    for (m, out) in jobs {
+        let n_bytes = match quantized {
+            Some((ty, n_in, n)) if ty == m.act_ty && n_in == m.n_in => n,
+            _ => {
+                let n = kern::quantize(pool, m.act_ty, x, m.n_in, act_buf, &m.name)?.len();
+                quantized = Some((m.act_ty, m.n_in, n));
+                n
+            }
+        };
+        kern::matmul(pool, file, m, &act_buf[..n_bytes], t_n, out)?;
+    }
+    Ok(())
 }
 
 fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {

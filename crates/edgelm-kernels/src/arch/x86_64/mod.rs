@@ -198,6 +198,13 @@ fn f16c(b: [u8; 2]) -> f32 {
     ))
 }
 
+/// Two adjacent F16 fields (4 little-endian bytes) as f32 lanes 0 and 1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16c_pair(b: [u8; 4]) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(b)))
+}
+
 /// ggml's `hsum_float_8`: (hi + lo) halves, then (0+2, 1+3), then the two.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -247,18 +254,20 @@ macro_rules! q8_0_q8_0_body {
     }};
 }
 
-/// Q4_1 × Q8_1 body, parameterised by the lane-sum function.
+/// Q4_1 × Q8_1 body, parameterised by the lane-sum function. The two f16 fields of each block
+/// (`d`, `m` of the weight; `d`, `s` of the activation) are adjacent, so one conversion turns
+/// each pair into two f32 lanes; lane 0 gives `d_w · d_a`, and a 4-lane FMA keeps ggml's scalar
+/// `summs = fma(m, s, summs)` chain in lane 1 (lane 0 of that accumulator is unused).
 macro_rules! q4_1_q8_1_body {
     ($x:expr, $y:expr, $mul_sum:ident) => {{
         let mut acc = _mm256_setzero_ps();
-        let mut summs = 0.0f32;
+        let mut summs = _mm_setzero_ps();
         let low_mask = _mm256_set1_epi8(0x0F);
         for (xb, yb) in $x.iter().zip($y) {
-            let d0 = f16c(xb.d);
-            let d1 = f16c(yb.d);
-            // ggml writes `summs += m * s`; the reference build contracts it to an FMA.
-            summs = f16c(xb.m).mul_add(f16c(yb.s), summs);
-            let d0d1 = _mm256_mul_ps(_mm256_set1_ps(d0), _mm256_set1_ps(d1));
+            let xdm = f16c_pair([xb.d[0], xb.d[1], xb.m[0], xb.m[1]]);
+            let yds = f16c_pair([yb.d[0], yb.d[1], yb.s[0], yb.s[1]]);
+            summs = _mm_fmadd_ps(xdm, yds, summs);
+            let d0d1 = _mm256_broadcastss_ps(_mm_mul_ss(xdm, yds));
             // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
             let tmp = unsafe { _mm_loadu_si128(xb.qs.as_ptr().cast()) };
             // Low nibbles (elements 0..16) in the low half, high nibbles (16..32) in the high
@@ -269,7 +278,7 @@ macro_rules! q4_1_q8_1_body {
             let xy = $mul_sum(qx, qy);
             acc = _mm256_fmadd_ps(d0d1, xy, acc);
         }
-        hsum_float_8(acc) + summs
+        hsum_float_8(acc) + _mm_cvtss_f32(_mm_movehdup_ps(summs))
     }};
 }
 
@@ -279,19 +288,18 @@ macro_rules! q4_1_q8_1_body {
 macro_rules! q4_1_q8_1_x4_body {
     ($x:expr, $ys:expr, $mul_sum:ident) => {{
         let mut acc = [_mm256_setzero_ps(); 4];
-        let mut summs = [0.0f32; 4];
+        let mut summs = [_mm_setzero_ps(); 4];
         let low_mask = _mm256_set1_epi8(0x0F);
         for (ib, xb) in $x.iter().enumerate() {
-            let d0 = f16c(xb.d);
-            let m = f16c(xb.m);
+            let xdm = f16c_pair([xb.d[0], xb.d[1], xb.m[0], xb.m[1]]);
             // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
             let tmp = unsafe { _mm_loadu_si128(xb.qs.as_ptr().cast()) };
             let qx = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
-            let d0v = _mm256_set1_ps(d0);
             for j in 0..4 {
                 let yb = &$ys[j][ib];
-                summs[j] = m.mul_add(f16c(yb.s), summs[j]);
-                let d0d1 = _mm256_mul_ps(d0v, _mm256_set1_ps(f16c(yb.d)));
+                let yds = f16c_pair([yb.d[0], yb.d[1], yb.s[0], yb.s[1]]);
+                summs[j] = _mm_fmadd_ps(xdm, yds, summs[j]);
+                let d0d1 = _mm256_broadcastss_ps(_mm_mul_ss(xdm, yds));
                 // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
                 let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
                 acc[j] = _mm256_fmadd_ps(d0d1, $mul_sum(qx, qy), acc[j]);
@@ -299,7 +307,7 @@ macro_rules! q4_1_q8_1_x4_body {
         }
         let mut out = [0.0f32; 4];
         for j in 0..4 {
-            out[j] = hsum_float_8(acc[j]) + summs[j];
+            out[j] = hsum_float_8(acc[j]) + _mm_cvtss_f32(_mm_movehdup_ps(summs[j]));
         }
         out
     }};
@@ -311,29 +319,26 @@ macro_rules! q4_1_q8_1_x4_body {
 macro_rules! q4_1_q8_1_2x4_body {
     ($x0:expr, $x1:expr, $ys:expr, $mul_sum:ident) => {{
         let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-        let mut summs = [[0.0f32; 4]; 2];
+        let mut summs = [[_mm_setzero_ps(); 4]; 2];
         let low_mask = _mm256_set1_epi8(0x0F);
         for ib in 0..$x0.len() {
             let xb = [&$x0[ib], &$x1[ib]];
             let mut qx = [_mm256_setzero_si256(); 2];
-            let mut d0v = [_mm256_setzero_ps(); 2];
-            let mut m = [0.0f32; 2];
+            let mut xdm = [_mm_setzero_ps(); 2];
             for r in 0..2 {
                 // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
                 let tmp = unsafe { _mm_loadu_si128(xb[r].qs.as_ptr().cast()) };
                 qx[r] = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
-                d0v[r] = _mm256_set1_ps(f16c(xb[r].d));
-                m[r] = f16c(xb[r].m);
+                xdm[r] = f16c_pair([xb[r].d[0], xb[r].d[1], xb[r].m[0], xb[r].m[1]]);
             }
             for j in 0..4 {
                 let yb = &$ys[j][ib];
-                let s = f16c(yb.s);
-                let d1 = _mm256_set1_ps(f16c(yb.d));
+                let yds = f16c_pair([yb.d[0], yb.d[1], yb.s[0], yb.s[1]]);
                 // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
                 let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
                 for r in 0..2 {
-                    summs[r][j] = m[r].mul_add(s, summs[r][j]);
-                    let d0d1 = _mm256_mul_ps(d0v[r], d1);
+                    summs[r][j] = _mm_fmadd_ps(xdm[r], yds, summs[r][j]);
+                    let d0d1 = _mm256_broadcastss_ps(_mm_mul_ss(xdm[r], yds));
                     acc[r][j] = _mm256_fmadd_ps(d0d1, $mul_sum(qx[r], qy), acc[r][j]);
                 }
             }
@@ -341,7 +346,7 @@ macro_rules! q4_1_q8_1_2x4_body {
         let mut out = [[0.0f32; 4]; 2];
         for r in 0..2 {
             for j in 0..4 {
-                out[r][j] = hsum_float_8(acc[r][j]) + summs[r][j];
+                out[r][j] = hsum_float_8(acc[r][j]) + _mm_cvtss_f32(_mm_movehdup_ps(summs[r][j]));
             }
         }
         out
