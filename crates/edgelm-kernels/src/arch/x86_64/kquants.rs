@@ -11,7 +11,7 @@ use crate::quant::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0};
 /// ggml `bytes_from_bits_32`: byte j is 0xFF where bit j of `x` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bytes_from_bits_32(x: [u8; 4]) -> __m256i {
+pub(super) fn bytes_from_bits_32(x: [u8; 4]) -> __m256i {
     let x32 = i32::from_le_bytes(x);
     let shuf_mask = _mm256_set_epi64x(
         0x0303030303030303,
@@ -28,7 +28,7 @@ fn bytes_from_bits_32(x: [u8; 4]) -> __m256i {
 /// ggml `bytes_from_nibbles_32`: low nibbles of the 16 bytes, then the high nibbles.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bytes_from_nibbles_32(qs: &[u8; 16]) -> __m256i {
+pub(super) fn bytes_from_nibbles_32(qs: &[u8; 16]) -> __m256i {
     // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
     let tmp = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
     let bytes = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);

@@ -32,6 +32,7 @@ pub(crate) fn install(k: &mut Kernels) {
             GgmlType::Q8_0 => {
                 row.vec_dot = Some(vec_dot_q8_0_q8_0);
                 row.vec_dot4 = Some(vec_dot4_q8_0_q8_0);
+                row.vec_dot2x4 = Some(vec_dot2x4_q8_0_q8_0);
             }
             GgmlType::Q4_1 => {
                 row.vec_dot = Some(vec_dot_q4_1_q8_1);
@@ -43,7 +44,10 @@ pub(crate) fn install(k: &mut Kernels) {
     }
     for row in k.rows.iter_mut() {
         match row.ty {
-            GgmlType::Q5_0 => row.vec_dot = Some(vec_dot_q5_0_q8_0),
+            GgmlType::Q5_0 => {
+                row.vec_dot = Some(vec_dot_q5_0_q8_0);
+                row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0);
+            }
             GgmlType::Q4_K => row.vec_dot = Some(vec_dot_q4_k_q8_k),
             GgmlType::Q6_K => row.vec_dot = Some(vec_dot_q6_k_q8_k),
             _ => {}
@@ -59,7 +63,9 @@ pub(crate) fn install(k: &mut Kernels) {
                 GgmlType::Q8_0 => {
                     row.vec_dot = Some(vec_dot_q8_0_q8_0_vnni);
                     row.vec_dot4 = Some(vec_dot4_q8_0_q8_0_vnni);
+                    row.vec_dot2x4 = Some(vec_dot2x4_q8_0_q8_0_vnni);
                 }
+                GgmlType::Q5_0 => row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0_vnni),
                 GgmlType::Q4_1 => {
                     row.vec_dot = Some(vec_dot_q4_1_q8_1_vnni);
                     row.vec_dot4 = Some(vec_dot4_q4_1_q8_1_vnni);
@@ -419,6 +425,118 @@ macro_rules! q8_0_q8_0_x4_body {
     }};
 }
 
+/// A Q8_0 weight block as signed bytes and its scale.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_q8_0(b: &BlockQ8_0) -> (__m256i, f32) {
+    // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+    (
+        unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) },
+        f16c(b.d),
+    )
+}
+
+/// A Q5_0 weight block as signed bytes (-16..15) and its scale, as ggml's AVX2 kernel builds it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_q5_0(b: &BlockQ5_0) -> (__m256i, f32) {
+    let qx = kquants::bytes_from_nibbles_32(&b.qs);
+    let hi = _mm256_andnot_si256(
+        kquants::bytes_from_bits_32(b.qh),
+        _mm256_set1_epi8(0xF0u8 as i8),
+    );
+    (_mm256_or_si256(qx, hi), f16c(b.d))
+}
+
+/// Two weight rows of signed-byte blocks (Q8_0, Q5_0) against four Q8_0 activation rows, each
+/// result exactly as the single-row kernel computes it (`d = d_w * d_a`, |x| and x's sign moved
+/// onto y, one lane-sum, one 8-lane FMA per block, `hsum_float_8`).
+macro_rules! i8w_2x4_body {
+    ($x0:expr, $x1:expr, $ys:expr, $unpack:ident, $mul_sum:ident) => {{
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        for ib in 0..$x0.len() {
+            let (q0, d0) = $unpack(&$x0[ib]);
+            let (q1, d1) = $unpack(&$x1[ib]);
+            let qx = [q0, q1];
+            let dx = [d0, d1];
+            let ax = [_mm256_sign_epi8(q0, q0), _mm256_sign_epi8(q1, q1)];
+            for j in 0..4 {
+                let yb = &$ys[j][ib];
+                let dy = f16c(yb.d);
+                // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+                let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+                for r in 0..2 {
+                    let d = _mm256_set1_ps(dx[r] * dy);
+                    let sy = _mm256_sign_epi8(qy, qx[r]);
+                    acc[r][j] = _mm256_fmadd_ps(d, $mul_sum(ax[r], sy), acc[r][j]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; 4]; 2];
+        for r in 0..2 {
+            for j in 0..4 {
+                out[r][j] = hsum_float_8(acc[r][j]);
+            }
+        }
+        out
+    }};
+}
+
+macro_rules! i8w_2x4_entry {
+    ($name:ident, $inner:ident, $wb:ty, $unpack:ident, $mul_sum:ident, $features:literal) => {
+        /// Table entry: two weight rows × four Q8_0 activation rows (features detected by
+        /// `install`).
+        fn $name(_n: usize, w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
+            let (x0, x1): (&[$wb], &[$wb]) = (blocks(w[0]), blocks(w[1]));
+            assert_eq!(x0.len(), x1.len(), "vec_dot2x4: block counts differ");
+            let ys = blocks4::<BlockQ8_0>(a, x0.len());
+            // SAFETY: `install` put this function in the table only after detecting the
+            // features `$inner` is compiled for.
+            unsafe { $inner(x0, x1, ys) }
+        }
+
+        /// # Safety
+        /// The CPU must support the enabled features; `x1` and every `ys[j]` as long as `x0`.
+        #[target_feature(enable = $features)]
+        unsafe fn $inner(x0: &[$wb], x1: &[$wb], ys: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 2] {
+            i8w_2x4_body!(x0, x1, ys, $unpack, $mul_sum)
+        }
+    };
+}
+
+i8w_2x4_entry!(
+    vec_dot2x4_q8_0_q8_0,
+    q8_0_2x4_avx2,
+    BlockQ8_0,
+    unpack_q8_0,
+    mul_sum_us8_pairs_float,
+    "avx2,fma,f16c"
+);
+i8w_2x4_entry!(
+    vec_dot2x4_q8_0_q8_0_vnni,
+    q8_0_2x4_vnni,
+    BlockQ8_0,
+    unpack_q8_0,
+    mul_sum_us8_pairs_float_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl"
+);
+i8w_2x4_entry!(
+    vec_dot2x4_q5_0_q8_0,
+    q5_0_2x4_avx2,
+    BlockQ5_0,
+    unpack_q5_0,
+    mul_sum_us8_pairs_float,
+    "avx2,fma,f16c"
+);
+i8w_2x4_entry!(
+    vec_dot2x4_q5_0_q8_0_vnni,
+    q5_0_2x4_vnni,
+    BlockQ5_0,
+    unpack_q5_0,
+    mul_sum_us8_pairs_float_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl"
+);
+
 /// Splits four activation rows into blocks, each as long as `n_blocks`.
 fn blocks4<B: bytemuck::Pod>(a: [&[u8]; 4], n_blocks: usize) -> [&[B]; 4] {
     let ys = a.map(|r| blocks::<B>(r));
@@ -586,6 +704,67 @@ mod tests {
                     ((got - want) as f64).abs() <= 1e-5 * mag + 1e-30,
                     "{ty} case {case}: avx2 {got} scalar {want} (mag {mag})"
                 );
+            }
+        }
+    }
+
+    /// Q8_0 and Q5_0 2x4 tiles equal the table's single-row kernel bit for bit.
+    #[test]
+    fn signed_byte_2x4_tiles_match_single_dots() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let scalar = Kernels::scalar();
+        let mut s = 17u64;
+        for case in 0..60usize {
+            let n = 32 * (1 + case % 9);
+            for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+                let ts = ty.type_size();
+                let mut w: Vec<u8> = (0..2 * n / 32 * ts).map(|_| lcg(&mut s) as u8).collect();
+                for b in w.chunks_exact_mut(ts) {
+                    let v = (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 0.05;
+                    b[0..2].copy_from_slice(&crate::f32_to_f16(v).to_le_bytes());
+                }
+                let (w0, w1) = w.split_at(n / 32 * ts);
+                let rb = crate::row_bytes(GgmlType::Q8_0, n).expect("bytes");
+                let mut a = vec![0u8; 4 * rb];
+                for j in 0..4 {
+                    let x: Vec<f32> = (0..n)
+                        .map(|_| (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 3.0)
+                        .collect();
+                    scalar
+                        .quantize_activation(GgmlType::Q8_0, &x, &mut a[j * rb..(j + 1) * rb])
+                        .expect("quantize");
+                }
+                let rows = [&a[..rb], &a[rb..2 * rb], &a[2 * rb..3 * rb], &a[3 * rb..]];
+                let mut fs: Vec<(crate::dispatch::VecDot2x4Fn, crate::dispatch::VecDotFn)> =
+                    match ty {
+                        GgmlType::Q8_0 => vec![(vec_dot2x4_q8_0_q8_0, vec_dot_q8_0_q8_0)],
+                        _ => vec![(vec_dot2x4_q5_0_q8_0, vec_dot_q5_0_q8_0)],
+                    };
+                if vnni() {
+                    match ty {
+                        GgmlType::Q8_0 => fs.push((vec_dot2x4_q8_0_q8_0_vnni, vec_dot_q8_0_q8_0)),
+                        _ => fs.push((vec_dot2x4_q5_0_q8_0_vnni, vec_dot_q5_0_q8_0)),
+                    }
+                }
+                for (f, one) in fs {
+                    let got = f(n, [w0, w1], rows);
+                    for (r, wr) in [w0, w1].into_iter().enumerate() {
+                        for j in 0..4 {
+                            let want = one(n, wr, rows[j]);
+                            assert_eq!(
+                                got[r][j].to_bits(),
+                                want.to_bits(),
+                                "{ty} case {case} {r} {j}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }
