@@ -12,4 +12,4 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --release -q -- -D warnings
 echo "== cargo test"
-cargo test --workspace --release 2>&1 | tee "${TMPDIR:-/tmp}/edgelm-test.log"
+cargo test --workspace --release --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/edgelm-test.log"
