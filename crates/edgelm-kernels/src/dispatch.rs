@@ -48,6 +48,8 @@ pub(crate) type TiledFn = fn(
     f32,
     &mut crate::tiled::TiledScratch,
 );
+/// SwiGLU over a row (see [`crate::ops::swiglu_forward`]).
+pub(crate) type SwigluFn = fn(&mut [f32], &[f32], &[f32]);
 /// f32 row to F16 (round to nearest even).
 pub(crate) type ToF16Fn = fn(&mut [half::f16], &[f32]);
 
@@ -58,6 +60,7 @@ pub struct Kernels {
     pub(crate) attn: AttnFn,
     pub(crate) to_f16: ToF16Fn,
     pub(crate) tiled: TiledFn,
+    pub(crate) swiglu: SwigluFn,
 }
 
 /// Every type with kernels, in the table's order.
@@ -231,6 +234,7 @@ impl Kernels {
             attn: crate::ops::attention_one_query_f16,
             to_f16: crate::ops::f32_to_f16_row,
             tiled: crate::tiled::attention_tiled_f16,
+            swiglu: crate::ops::swiglu_forward,
         })
     }
 
@@ -245,6 +249,7 @@ impl Kernels {
                 attn: crate::ops::attention_one_query_f16,
                 to_f16: crate::ops::f32_to_f16_row,
                 tiled: crate::tiled::attention_tiled_f16,
+                swiglu: crate::ops::swiglu_forward,
             };
             #[cfg(target_arch = "x86_64")]
             crate::arch::x86_64::install(&mut k);
@@ -288,6 +293,11 @@ impl Kernels {
         scratch: &mut crate::tiled::TiledScratch,
     ) {
         (self.tiled)(out, q, k, v, first_visible, d, scale, scratch)
+    }
+
+    /// SwiGLU over a row, bit-identical to [`crate::ops::swiglu_forward`].
+    pub fn swiglu(&self, y: &mut [f32], gate: &[f32], up: &[f32]) {
+        (self.swiglu)(y, gate, up)
     }
 
     /// Converts an f32 row to F16 (round to nearest even).

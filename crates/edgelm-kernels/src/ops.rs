@@ -36,7 +36,7 @@ pub(crate) fn reduce_add_16(v: &[f32; LANES]) -> f32 {
 /// `exp(x)` exactly as llama.cpp's vectorised `ggml_v_expf` (AVX-512 variant) computes it:
 /// a degree-5 polynomial on the reduced argument, scaled by `2^n` with one rounding.
 /// Max error about 1.5 ulp; overflows to +inf above ~88.38 and flushes to 0 below ~-103.97.
-#[inline]
+#[inline(always)]
 pub fn expf_ggml(x: f32) -> f32 {
     const R: f32 = f32::from_bits(0x4b40_0000); // 0x1.8p23
     const LOG2E: f32 = f32::from_bits(0x3fb8_aa3b); // 0x1.715476p+0
@@ -56,17 +56,21 @@ pub fn expf_ggml(x: f32) -> f32 {
         .mul_add(b, C4)
         .mul_add(u, C3.mul_add(b, C2))
         .mul_add(u, C1.mul_add(b, 1.0));
+    // vscalefps: j * 2^n rounded once. |n| <= 192 keeps the f64 product exact; 2^n is built
+    // from its bits (the clamp only keeps the discarded lanes' exponent in range). Written
+    // without early returns so that loops over it vectorise.
+    let pow2 = f64::from_bits(((n.clamp(-193.0, 193.0) as i64 + 1023) as u64) << 52);
+    let scaled = ((j as f64) * pow2) as f32;
+    let out_of_range = if n <= 0.0 { 0.0 } else { f32::INFINITY };
     if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+        out_of_range
+    } else {
+        scaled
     }
-    // vscalefps: j * 2^n rounded once. |n| <= 192 keeps the f64 product exact.
-    // 2^n built from its bits (|n| <= 192 is inside f64's normal range).
-    let pow2 = f64::from_bits(((n as i64 + 1023) as u64) << 52);
-    ((j as f64) * pow2) as f32
 }
 
 /// `x / (1 + exp(-x))` as llama.cpp's vector SiLU computes it (polynomial exp).
-#[inline]
+#[inline(always)]
 pub fn silu_ggml(x: f32) -> f32 {
     x / (1.0 + expf_ggml(0.0 - x))
 }
@@ -92,6 +96,13 @@ pub fn silu_forward(y: &mut [f32], x: &[f32]) {
 
 /// SwiGLU over a row, `y[i] = silu(gate[i]) * up[i]` (llama.cpp `ggml_vec_swiglu_f32`).
 pub fn swiglu_forward(y: &mut [f32], gate: &[f32], up: &[f32]) {
+    swiglu_body(y, gate, up)
+}
+
+/// The body of [`swiglu_forward`], also compiled with AVX2 + FMA by the x86-64 table (bit-identical:
+/// `mul_add` rounds once either way).
+#[inline(always)]
+pub(crate) fn swiglu_body(y: &mut [f32], gate: &[f32], up: &[f32]) {
     assert_eq!(
         y.len(),
         gate.len(),
@@ -100,8 +111,8 @@ pub fn swiglu_forward(y: &mut [f32], gate: &[f32], up: &[f32]) {
     assert_eq!(y.len(), up.len(), "swiglu_forward: y and up lengths differ");
     let n = y.len();
     let full = n / LANES * LANES;
-    for i in 0..full {
-        y[i] = silu_ggml(gate[i]) * up[i];
+    for ((yi, &g), &u) in y[..full].iter_mut().zip(&gate[..full]).zip(&up[..full]) {
+        *yi = silu_ggml(g) * u;
     }
     for i in full..n {
         y[i] = silu_scalar(gate[i]) * up[i];

@@ -49,6 +49,15 @@ fn check_vec_dot(ty: GgmlType, n: usize, seed: u64, scale: f32, edge: bool) {
         .map(|(p, q)| (*p as f64 * *q as f64).abs())
         .sum();
     let got = vec_dot(ty, n, &w, &a).expect("vec_dot") as f64;
+    if !mag.is_finite() {
+        // Overflowing products (edge values near f16 max): the sum's inf/NaN depends on the
+        // order of additions, so only "not a finite number either" is required.
+        assert!(
+            !got.is_finite(),
+            "{ty} n={n} seed={seed}: got {got}, magnitude overflows"
+        );
+        return;
+    }
     assert!(
         (got - want).abs() <= dot_budget(ty) * mag + 1e-30,
         "{ty} n={n} seed={seed} edge={edge}: got {got} want {want} (mag {mag})"
@@ -80,7 +89,14 @@ fn vec_dot_matches_dequantized_dot_for_every_weight_type() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    // A fixed seed: the same cases on every run (a failure names its inputs; regressions
+    // found with other seeds go into the explicit edge cases).
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_ed9e),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn vec_dot_within_budget_on_random_lengths_and_scales(
         ty_index in 0usize..WEIGHT_TYPES.len(),

@@ -389,9 +389,10 @@ fn forward_batch(
         )?;
         let ff = t_n * cfg.n_ff;
         let (gate, up) = (&s.gate, &s.up);
+        let k_tab = edgelm_kernels::kernels();
         pool.for_each_row_mut(&mut s.hidden[..ff], cfg.n_ff, 1, |t, h| {
             let r = t * cfg.n_ff..(t + 1) * cfg.n_ff;
-            ops::swiglu_forward(h, &gate[r.clone()], &up[r]);
+            k_tab.swiglu(h, &gate[r.clone()], &up[r]);
         });
         let act = kern::quantize(
             pool,
