@@ -50,6 +50,9 @@ pub(crate) type TiledFn = fn(
 );
 /// SwiGLU over a row (see [`crate::ops::swiglu_forward`]).
 pub(crate) type SwigluFn = fn(&mut [f32], &[f32], &[f32]);
+/// Attention over a Q8_0 cache (see [`crate::attn_q8::attention_one_query_q8_0`]).
+pub(crate) type AttnQ8Fn =
+    fn(&Kernels, &mut [f32], &mut [f32], &[u8], &[u8], &[u8], usize, usize, f32);
 /// f32 row to F16 (round to nearest even).
 pub(crate) type ToF16Fn = fn(&mut [half::f16], &[f32]);
 
@@ -61,6 +64,7 @@ pub struct Kernels {
     pub(crate) to_f16: ToF16Fn,
     pub(crate) tiled: TiledFn,
     pub(crate) swiglu: SwigluFn,
+    pub(crate) attn_q8: AttnQ8Fn,
 }
 
 /// Every type with kernels, in the table's order.
@@ -235,6 +239,7 @@ impl Kernels {
             to_f16: crate::ops::f32_to_f16_row,
             tiled: crate::tiled::attention_tiled_f16,
             swiglu: crate::ops::swiglu_forward,
+            attn_q8: crate::attn_q8::attention_one_query_q8_0,
         })
     }
 
@@ -250,6 +255,7 @@ impl Kernels {
                 to_f16: crate::ops::f32_to_f16_row,
                 tiled: crate::tiled::attention_tiled_f16,
                 swiglu: crate::ops::swiglu_forward,
+                attn_q8: crate::attn_q8::attention_one_query_q8_0,
             };
             #[cfg(target_arch = "x86_64")]
             crate::arch::x86_64::install(&mut k);
@@ -293,6 +299,24 @@ impl Kernels {
         scratch: &mut crate::tiled::TiledScratch,
     ) {
         (self.tiled)(out, q, k, v, first_visible, d, scale, scratch)
+    }
+
+    /// Attention of one query head over a Q8_0 KV cache, as llama.cpp computes it with a
+    /// quantized cache (see [`crate::attn_q8::attention_one_query_q8_0`]); `q` is the query
+    /// quantized to Q8_0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_one_query_q8_0(
+        &self,
+        out: &mut [f32],
+        acc: &mut [f32],
+        q: &[u8],
+        k: &[u8],
+        v: &[u8],
+        n_kv: usize,
+        d: usize,
+        scale: f32,
+    ) {
+        (self.attn_q8)(self, out, acc, q, k, v, n_kv, d, scale)
     }
 
     /// SwiGLU over a row, bit-identical to [`crate::ops::swiglu_forward`].

@@ -16,6 +16,7 @@
 pub use edgelm_gguf::GgmlType;
 
 mod arch;
+pub mod attn_q8;
 mod convert;
 mod dispatch;
 mod error;

@@ -21,6 +21,7 @@
 //! under 64 tokens with fewer than 512 cached cells; for larger batches (tiled path) and long
 //! single-token decodes (split-KV path) its rounding differs slightly from ours.
 
+use edgelm_gguf::GgmlType;
 use edgelm_kernels::ops::{self, rope_cache, rope_forward};
 use edgelm_kernels::tiled::{TiledScratch, Q_TILE};
 use edgelm_kernels::ThreadPool;
@@ -29,7 +30,7 @@ use half::f16;
 use crate::config::ModelConfig;
 use crate::kern::{self, act_bytes};
 use crate::weights::{Matrix, Weights};
-use crate::{Logits, Model, ModelError, State};
+use crate::{CacheType, Logits, Model, ModelError, State};
 
 /// Largest head dimension the forward pass handles (checked when the model loads).
 pub(crate) const MAX_HEAD_DIM: usize = 512;
@@ -229,10 +230,17 @@ fn forward_batch(
     let State {
         k_cache,
         v_cache,
+        k_q8,
+        v_q8,
+        cache_type,
         s,
         logits,
         ..
     } = state;
+    let cache_type = *cache_type;
+    // Bytes of one cached Q8_0 row of D values, and of one layer of the Q8_0 cache.
+    let q8_row = CacheType::Q8_0.bytes_for(cfg.head_dim);
+    let q8_layer = cfg.n_head_kv * n_ctx * q8_row;
 
     // 1. embeddings
     for (t, &tok) in tokens.iter().enumerate() {
@@ -280,10 +288,22 @@ fn forward_batch(
                 ops::rmsnorm_weighted_inplace(head, kn, cfg.rms_eps);
             }
         }
-        // 2c. RoPE, then K and V into the F16 cache: [L, KV, n_ctx, D]
+        // 2c. RoPE, then K and V into the cache: [L, KV, n_ctx, D] (F16 values or Q8_0 rows)
         let k_tab = edgelm_kernels::kernels();
-        let kc = &mut k_cache[il * layer_len..(il + 1) * layer_len];
-        let vc = &mut v_cache[il * layer_len..(il + 1) * layer_len];
+        let (kc, vc): (&mut [f16], &mut [f16]) = match cache_type {
+            CacheType::F16 => (
+                &mut k_cache[il * layer_len..(il + 1) * layer_len],
+                &mut v_cache[il * layer_len..(il + 1) * layer_len],
+            ),
+            CacheType::Q8_0 => (&mut [], &mut []),
+        };
+        let (kq, vq): (&mut [u8], &mut [u8]) = match cache_type {
+            CacheType::F16 => (&mut [], &mut []),
+            CacheType::Q8_0 => (
+                &mut k_q8[il * q8_layer..(il + 1) * q8_layer],
+                &mut v_q8[il * q8_layer..(il + 1) * q8_layer],
+            ),
+        };
         for t in 0..t_n {
             let p = pos0 + t;
             rope_cache(
@@ -300,10 +320,28 @@ fn forward_batch(
                 rope_forward(head, &s.rope, mode);
             }
             for h in 0..cfg.n_head_kv {
-                let dst = (h * n_ctx + p) * d;
                 let src = t * kvd + h * d;
-                k_tab.f32_to_f16_row(&mut kc[dst..dst + d], &s.k[src..src + d]);
-                k_tab.f32_to_f16_row(&mut vc[dst..dst + d], &s.v[src..src + d]);
+                match cache_type {
+                    CacheType::F16 => {
+                        let dst = (h * n_ctx + p) * d;
+                        k_tab.f32_to_f16_row(&mut kc[dst..dst + d], &s.k[src..src + d]);
+                        k_tab.f32_to_f16_row(&mut vc[dst..dst + d], &s.v[src..src + d]);
+                    }
+                    CacheType::Q8_0 => {
+                        // llama.cpp's copy into a Q8_0 cache uses the type's `from_float`.
+                        let dst = (h * n_ctx + p) * q8_row;
+                        let q8 = |out: &mut [u8], x: &[f32]| {
+                            edgelm_kernels::quantize_activation(GgmlType::Q8_0, x, out).map_err(
+                                |source| ModelError::Kernel {
+                                    op: "quantize the KV cache".into(),
+                                    source,
+                                },
+                            )
+                        };
+                        q8(&mut kq[dst..dst + q8_row], &s.k[src..src + d])?;
+                        q8(&mut vq[dst..dst + q8_row], &s.v[src..src + d])?;
+                    }
+                }
             }
         }
         // 2d. causal attention: token t sees positions 0..=pos0+t. llama.cpp takes its tiled
@@ -311,7 +349,40 @@ fn forward_batch(
         let k_tab = edgelm_kernels::kernels();
         let q_all = &s.q[..t_n * qd];
         let (kc, vc) = (&*kc, &*vc);
-        if t_n >= Q_TILE {
+        let (kq, vq) = (&*kq, &*vq);
+        if cache_type == CacheType::Q8_0 {
+            // llama.cpp takes the one-query path for a quantized cache at every batch size.
+            pool.for_each_row_mut(&mut s.attn[..t_n * qd], d, 4, |i, out| {
+                let (t, h) = (i / cfg.n_head, i % cfg.n_head);
+                let n_kv = pos0 + t + 1;
+                let base = (h / group) * n_ctx * q8_row;
+                let mut qq = [0u8; MAX_HEAD_DIM / 32 * 34];
+                let qq = &mut qq[..q8_row];
+                let mut acc = [0.0f32; MAX_HEAD_DIM];
+                let acc = &mut acc[..d];
+                if edgelm_kernels::quantize_activation(
+                    GgmlType::Q8_0,
+                    &q_all[i * d..(i + 1) * d],
+                    qq,
+                )
+                .is_err()
+                {
+                    // Lengths were checked when the state was made (d % 32 == 0).
+                    out.fill(f32::NAN);
+                    return;
+                }
+                k_tab.attention_one_query_q8_0(
+                    out,
+                    acc,
+                    qq,
+                    &kq[base..base + n_kv * q8_row],
+                    &vq[base..base + n_kv * q8_row],
+                    n_kv,
+                    d,
+                    scale,
+                );
+            });
+        } else if t_n >= Q_TILE {
             pool.for_each_row_group_mut(&mut s.attn[..t_n * qd], qd, Q_TILE, |t0, rows| {
                 let n_q = rows.len() / qd;
                 let mut scratch = TiledScratch::new(d, d);

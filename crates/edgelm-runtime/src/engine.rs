@@ -40,8 +40,19 @@ impl ModelEngine {
         n_ctx: usize,
         max_batch: usize,
     ) -> Result<Self, RuntimeError> {
+        Self::with_cache_type(model, pool, n_ctx, max_batch, edgelm_model::CacheType::F16)
+    }
+
+    /// [`ModelEngine::new`] with a KV cache of `cache_type`.
+    pub fn with_cache_type(
+        model: Arc<Model>,
+        pool: Arc<ThreadPool>,
+        n_ctx: usize,
+        max_batch: usize,
+        cache_type: edgelm_model::CacheType,
+    ) -> Result<Self, RuntimeError> {
         let state = model
-            .new_state(n_ctx, max_batch)
+            .new_state_with(n_ctx, max_batch, cache_type)
             .map_err(|source| RuntimeError::State { n_ctx, source })?;
         Ok(Self { model, pool, state })
     }

@@ -30,6 +30,8 @@ pub struct PerplexityOptions {
     pub n_batch: usize,
     /// The BOS id when the vocabulary adds BOS (`llama_vocab_get_add_bos`), else `None`.
     pub bos: Option<u32>,
+    /// The KV cache's element type (llama-perplexity's `-ctk/-ctv`).
+    pub cache_type: edgelm_model::CacheType,
 }
 
 impl Default for PerplexityOptions {
@@ -39,6 +41,7 @@ impl Default for PerplexityOptions {
             n_chunks: None,
             n_batch: 2048,
             bos: None,
+            cache_type: edgelm_model::CacheType::F16,
         }
     }
 }
@@ -224,11 +227,12 @@ pub fn perplexity(
         // Reported with the proper message before any allocation.
         return perplexity_with(&mut NoSource, tokens, opts, progress);
     }
-    let mut engine = ModelEngine::new(
+    let mut engine = ModelEngine::with_cache_type(
         Arc::clone(model),
         Arc::clone(pool),
         opts.n_ctx,
         opts.n_batch.min(opts.n_ctx),
+        opts.cache_type,
     )?;
     perplexity_with(&mut engine, tokens, opts, progress)
 }
@@ -361,6 +365,7 @@ mod tests {
                 n_chunks: None,
                 n_batch,
                 bos: None,
+                cache_type: Default::default(),
             };
             let mut seen = Vec::new();
             let r = perplexity_with(&mut src, &toks, &opts, |p| seen.push(p.chunk)).unwrap();
@@ -417,6 +422,7 @@ mod tests {
             n_chunks: Some(3),
             n_batch: 2,
             bos: Some(12),
+            cache_type: Default::default(),
         };
         let r = perplexity_with(&mut src, &toks, &opts, |_| {}).unwrap();
         assert_eq!(r.n_chunks, 3);

@@ -34,8 +34,27 @@ impl Session<ModelEngine> {
         n_ctx: usize,
         sampler: SamplerConfig,
     ) -> Result<Self, RuntimeError> {
+        Self::with_cache_type(
+            model,
+            tokenizer,
+            pool,
+            n_ctx,
+            sampler,
+            edgelm_model::CacheType::F16,
+        )
+    }
+
+    /// [`Session::new`] with a KV cache of `cache_type`.
+    pub fn with_cache_type(
+        model: Arc<Model>,
+        tokenizer: Arc<Tokenizer>,
+        pool: Arc<ThreadPool>,
+        n_ctx: usize,
+        sampler: SamplerConfig,
+        cache_type: edgelm_model::CacheType,
+    ) -> Result<Self, RuntimeError> {
         let max_batch = n_ctx.min(edgelm_model::DEFAULT_MAX_BATCH);
-        let engine = ModelEngine::new(model, pool, n_ctx, max_batch)?;
+        let engine = ModelEngine::with_cache_type(model, pool, n_ctx, max_batch, cache_type)?;
         Self::with_source(engine, tokenizer, sampler)
     }
 }

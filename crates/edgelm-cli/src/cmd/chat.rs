@@ -37,6 +37,9 @@ pub struct ChatArgs {
     pub stop: Vec<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// KV cache type: f16 (default) or q8_0 (47 % smaller, as llama.cpp's -ctk/-ctv q8_0).
+    #[arg(long = "cache-type", default_value = "f16", value_parser = super::parse_cache_type)]
+    pub cache_type: edgelm_model::CacheType,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -52,7 +55,14 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let template = chat_template(&file, &tok)?;
     let model = super::load_model(&path, &file)?;
     let pool = super::thread_pool(&args.global)?;
-    let mut session = Session::new(model, tok.clone(), pool, args.ctx_size as usize, sampler)?;
+    let mut session = Session::with_cache_type(
+        model,
+        tok.clone(),
+        pool,
+        args.ctx_size as usize,
+        sampler,
+        args.cache_type,
+    )?;
     let opts = GenerateOptions {
         max_tokens: args.n_predict,
         stop: args.stop.clone(),

@@ -47,6 +47,11 @@ impl GlobalArgs {
     }
 }
 
+/// Parses `--cache-type` (f16 or q8_0).
+pub fn parse_cache_type(s: &str) -> std::result::Result<edgelm_model::CacheType, String> {
+    s.parse()
+}
+
 /// Sampling flags shared by `run` and `chat` (defaults are llama.cpp's).
 #[derive(Debug, Clone, Args)]
 pub struct SamplingArgs {

@@ -53,6 +53,9 @@ pub struct RunArgs {
     pub context_shift: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// KV cache type: f16 (default) or q8_0 (47 % smaller, as llama.cpp's -ctk/-ctv q8_0).
+    #[arg(long = "cache-type", default_value = "f16", value_parser = super::parse_cache_type)]
+    pub cache_type: edgelm_model::CacheType,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -114,7 +117,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let model = super::load_model(&path, &file)?;
     let pool = super::thread_pool(&args.global)?;
-    let mut session = Session::new(model, tok, pool, args.ctx_size as usize, sampler)?;
+    let mut session = Session::with_cache_type(
+        model,
+        tok,
+        pool,
+        args.ctx_size as usize,
+        sampler,
+        args.cache_type,
+    )?;
     let opts = GenerateOptions {
         max_tokens: args.n_predict,
         stop: args.stop.clone(),

@@ -57,6 +57,7 @@ pub(crate) fn install(k: &mut Kernels) {
     k.to_f16 = f32_to_f16_avx2;
     k.tiled = tiled_avx2;
     k.swiglu = swiglu_avx2;
+    k.attn_q8 = attn_q8_avx2;
     k.name = "avx2+fma+f16c";
     if vnni() {
         for row in k.rows.iter_mut() {
@@ -123,6 +124,41 @@ fn attention_avx2(
 ) {
     // SAFETY: `install` put this function in the table only after detecting the features.
     unsafe { attn::attention_one_query_f16(out, acc, q, k, v, n_kv, scale) }
+}
+
+/// Table entry: attention over a Q8_0 cache, the reference body compiled with AVX2 + FMA.
+#[allow(clippy::too_many_arguments)]
+fn attn_q8_avx2(
+    table: &Kernels,
+    out: &mut [f32],
+    acc: &mut [f32],
+    q: &[u8],
+    k: &[u8],
+    v: &[u8],
+    n_kv: usize,
+    d: usize,
+    scale: f32,
+) {
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { attn_q8_avx2_inner(table, out, acc, q, k, v, n_kv, d, scale) }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attn_q8_avx2_inner(
+    table: &Kernels,
+    out: &mut [f32],
+    acc: &mut [f32],
+    q: &[u8],
+    k: &[u8],
+    v: &[u8],
+    n_kv: usize,
+    d: usize,
+    scale: f32,
+) {
+    crate::attn_q8::attention_q8_0_body(table, out, acc, q, k, v, n_kv, d, scale)
 }
 
 /// Table entry: SwiGLU, the reference body compiled with AVX2 + FMA.
