@@ -689,6 +689,17 @@ mod tests {
     use super::*;
     use crate::Kernels;
 
+    /// Whether this CPU runs the kernels under test (says so when it does not).
+    fn simd_available() -> bool {
+        let ok = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        if !ok {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+        }
+        ok
+    }
+
     fn lcg(s: &mut u64) -> u64 {
         *s = s
             .wrapping_mul(6364136223846793005)
@@ -700,11 +711,7 @@ mod tests {
     /// activations; equal to the scalar reference up to f32 accumulation order.
     #[test]
     fn avx2_q5_0_and_k_quant_dots_match_scalar_reference() {
-        if !(is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        {
-            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+        if !simd_available() {
             return;
         }
         let scalar = Kernels::scalar();
@@ -761,11 +768,7 @@ mod tests {
     /// Q8_0 and Q5_0 2x4 tiles equal the table's single-row kernel bit for bit.
     #[test]
     fn signed_byte_2x4_tiles_match_single_dots() {
-        if !(is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        {
-            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+        if !simd_available() {
             return;
         }
         let scalar = Kernels::scalar();
@@ -823,11 +826,7 @@ mod tests {
     /// the exponential (overflow, underflow, subnormal results) and odd tails.
     #[test]
     fn swiglu_avx2_is_bit_identical() {
-        if !(is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        {
-            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+        if !simd_available() {
             return;
         }
         let mut s = 23u64;
@@ -856,11 +855,7 @@ mod tests {
     /// The vectorised tiled attention equals the scalar reference bit for bit.
     #[test]
     fn tiled_attention_avx2_is_bit_identical() {
-        if !(is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        {
-            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+        if !simd_available() {
             return;
         }
         let mut s = 3u64;
@@ -892,11 +887,7 @@ mod tests {
     /// f32 block accumulation (8 FMA lanes instead of one running sum).
     #[test]
     fn avx2_dots_match_scalar_reference() {
-        if !(is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        {
-            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+        if !simd_available() {
             return;
         }
         let scalar = Kernels::scalar();
