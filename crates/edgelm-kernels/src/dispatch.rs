@@ -15,6 +15,9 @@ pub(crate) type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 pub(crate) type VecDot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 /// Two weight rows against four activation rows; each result bit-identical to [`VecDotFn`]'s.
 pub(crate) type VecDot2x4Fn = fn(usize, [&[u8]; 2], [&[u8]; 4]) -> [[f32; 4]; 2];
+/// [`VecDotFn`] with the activation's per-block scales given as f32 (the f16 `d` field of each
+/// activation block, converted); bit-identical to [`VecDotFn`]'s result.
+pub(crate) type VecDotPreFn = fn(usize, &[u8], &[u8], &[f32]) -> f32;
 /// Quantizes `x` into `dst` (exactly `row_bytes(ty, x.len())` bytes).
 pub(crate) type QuantizeFn = fn(&[f32], &mut [u8]);
 
@@ -30,6 +33,9 @@ pub(crate) struct KernelRow {
     pub(crate) vec_dot4: Option<VecDot4Fn>,
     /// A two-weight-row, four-activation-row form, where a SIMD table has one.
     pub(crate) vec_dot2x4: Option<VecDot2x4Fn>,
+    /// `vec_dot` with the activation's block scales already in f32 (decode), where a SIMD table
+    /// has one.
+    pub(crate) vec_dot_pre: Option<VecDotPreFn>,
     /// The type's `from_float`; `None` for weight-only types.
     pub(crate) quantize: Option<QuantizeFn>,
 }
@@ -97,6 +103,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| f32::vec_dot(w, a)),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: Some(f32::quantize_row),
         },
         KernelRow {
@@ -106,6 +113,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| f16::vec_dot(w, a)),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: Some(f16::quantize_row),
         },
         KernelRow {
@@ -115,6 +123,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| bf16::vec_dot(w, a)),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: Some(bf16::quantize_row),
         },
         KernelRow {
@@ -124,6 +133,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q4_0::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: None,
         },
         KernelRow {
@@ -133,6 +143,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q4_1::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: None,
         },
         KernelRow {
@@ -142,6 +153,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q5_0::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: None,
         },
         KernelRow {
@@ -151,6 +163,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q5_1::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: None,
         },
         KernelRow {
@@ -160,6 +173,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q8_0::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: Some(|x, d| q8_0::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -169,6 +183,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: None,
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: Some(|x, d| q8_1::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -178,6 +193,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q2_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: None,
         },
         KernelRow {
@@ -187,6 +203,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q3_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: None,
         },
         KernelRow {
@@ -196,6 +213,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q4_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: None,
         },
         KernelRow {
@@ -205,6 +223,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q5_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: None,
         },
         KernelRow {
@@ -214,6 +233,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q6_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: None,
         },
         KernelRow {
@@ -223,6 +243,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: None,
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot_pre: None,
             quantize: Some(|x, d| q8_k::quantize_row(x, blocks_mut(d))),
         },
     ]
@@ -408,6 +429,10 @@ impl Kernels {
 
     pub(crate) fn vec_dot2x4_fn(&self, ty: GgmlType) -> Option<VecDot2x4Fn> {
         self.row(ty, "vec_dot").ok().and_then(|r| r.vec_dot2x4)
+    }
+
+    pub(crate) fn vec_dot_pre_fn(&self, ty: GgmlType) -> Option<VecDotPreFn> {
+        self.row(ty, "vec_dot").ok().and_then(|r| r.vec_dot_pre)
     }
 
     pub(crate) fn vec_dot4_fn(&self, ty: GgmlType) -> Option<VecDot4Fn> {

@@ -16,6 +16,10 @@ unsafe impl Sync for OutPtr {}
 /// Weight rows each parallel task takes at least (amortizes scheduling).
 const MIN_ROWS_PER_TASK: usize = 16;
 
+/// Most activation blocks whose scales the decode path converts ahead (rows of up to 8192
+/// values of a 32-element block type).
+const MAX_PREPARED_BLOCKS: usize = 256;
+
 /// Tokens whose activation rows a task keeps hot while it passes over its weight rows.
 const TOKEN_BLOCK: usize = 32;
 
@@ -62,6 +66,8 @@ pub fn matmul(
 
     let dot4 = kernels().vec_dot4_fn(ty);
     let dot2x4 = kernels().vec_dot2x4_fn(ty);
+    let dot_pre = kernels().vec_dot_pre_fn(ty);
+    let act_block_bytes = act_ty.type_size();
     let out_ptr = OutPtr(out.as_mut_ptr());
     pool.for_each_chunk(n_rows, MIN_ROWS_PER_TASK, move |rows| {
         let out_ptr = out_ptr;
@@ -102,6 +108,23 @@ pub fn matmul(
                         }
                     }
                     r += 2;
+                }
+            }
+            // Decode shape (one token, Q8_0 activations): the activation's block scales are
+            // converted to f32 once for all of this task's rows.
+            if let (Some(dot_pre), true) = (dot_pre, t1 - t0 == 1) {
+                let a = act_row(t0);
+                let n_blocks = a.len() / act_block_bytes;
+                if n_blocks <= MAX_PREPARED_BLOCKS {
+                    let mut scales = [0.0f32; MAX_PREPARED_BLOCKS];
+                    for (sc, b) in scales.iter_mut().zip(a.chunks_exact(act_block_bytes)) {
+                        *sc = crate::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                    }
+                    for r in r..rows.end {
+                        let w_r = &w[r * w_row..(r + 1) * w_row];
+                        put(t0, r, dot_pre(n_cols, w_r, a, &scales[..n_blocks]));
+                    }
+                    continue;
                 }
             }
             for r in r..rows.end {

@@ -33,6 +33,7 @@ pub(crate) fn install(k: &mut Kernels) {
                 row.vec_dot = Some(vec_dot_q8_0_q8_0);
                 row.vec_dot4 = Some(vec_dot4_q8_0_q8_0);
                 row.vec_dot2x4 = Some(vec_dot2x4_q8_0_q8_0);
+                row.vec_dot_pre = Some(vec_dot_pre_q8_0);
             }
             GgmlType::Q4_1 => {
                 row.vec_dot = Some(vec_dot_q4_1_q8_1);
@@ -66,6 +67,7 @@ pub(crate) fn install(k: &mut Kernels) {
                     row.vec_dot = Some(vec_dot_q8_0_q8_0_vnni);
                     row.vec_dot4 = Some(vec_dot4_q8_0_q8_0_vnni);
                     row.vec_dot2x4 = Some(vec_dot2x4_q8_0_q8_0_vnni);
+                    row.vec_dot_pre = Some(vec_dot_pre_q8_0_vnni);
                 }
                 GgmlType::Q5_0 => row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0_vnni),
                 GgmlType::Q4_1 => {
@@ -309,6 +311,62 @@ macro_rules! q8_0_q8_0_body {
         hsum_float_8(acc)
     }};
 }
+
+/// Q8_0 × Q8_0 with the activation's block scales given in f32 (`ad[ib]` equals the block's f16
+/// `d` converted): the same arithmetic as [`q8_0_q8_0_body`], one conversion less per block.
+macro_rules! q8_0_q8_0_pre_body {
+    ($x:expr, $y:expr, $ad:expr, $mul_sum:ident) => {{
+        let mut acc = _mm256_setzero_ps();
+        for ((xb, yb), &dy) in $x.iter().zip($y).zip($ad) {
+            let d = _mm256_set1_ps(f16c(xb.d) * dy);
+            // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+            let qx = unsafe { _mm256_loadu_si256(xb.qs.as_ptr().cast()) };
+            // SAFETY: as above.
+            let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+            let ax = _mm256_sign_epi8(qx, qx);
+            let sy = _mm256_sign_epi8(qy, qx);
+            acc = _mm256_fmadd_ps(d, $mul_sum(ax, sy), acc);
+        }
+        hsum_float_8(acc)
+    }};
+}
+
+macro_rules! q8_0_pre_entry {
+    ($name:ident, $inner:ident, $mul_sum:ident, $features:literal) => {
+        /// Table entry: Q8_0 × Q8_0 with prepared activation scales (features detected by
+        /// `install`).
+        fn $name(_n: usize, w: &[u8], a: &[u8], ad: &[f32]) -> f32 {
+            let (x, y): (&[BlockQ8_0], &[BlockQ8_0]) = (blocks(w), blocks(a));
+            assert!(
+                x.len() == y.len() && y.len() == ad.len(),
+                "vec_dot_pre: lengths differ"
+            );
+            // SAFETY: `install` put this function in the table only after detecting the
+            // features `$inner` is compiled for.
+            unsafe { $inner(x, y, ad) }
+        }
+
+        /// # Safety
+        /// The CPU must support the enabled features; `x`, `y`, `ad` of equal length.
+        #[target_feature(enable = $features)]
+        unsafe fn $inner(x: &[BlockQ8_0], y: &[BlockQ8_0], ad: &[f32]) -> f32 {
+            q8_0_q8_0_pre_body!(x, y, ad, $mul_sum)
+        }
+    };
+}
+
+q8_0_pre_entry!(
+    vec_dot_pre_q8_0,
+    q8_0_pre_avx2,
+    mul_sum_us8_pairs_float,
+    "avx2,fma,f16c"
+);
+q8_0_pre_entry!(
+    vec_dot_pre_q8_0_vnni,
+    q8_0_pre_vnni,
+    mul_sum_us8_pairs_float_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl"
+);
 
 /// Q4_1 × Q8_1 body, parameterised by the lane-sum function. The two f16 fields of each block
 /// (`d`, `m` of the weight; `d`, `s` of the activation) are adjacent, so one conversion turns
@@ -968,6 +1026,24 @@ mod tests {
                             got4[j].to_bits(),
                             one.to_bits(),
                             "{ty} case {case} x4 row {j}"
+                        );
+                    }
+                }
+                if ty == GgmlType::Q8_0 {
+                    let ad: Vec<f32> = a
+                        .chunks_exact(34)
+                        .map(|b| crate::f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                        .collect();
+                    let mut fs: Vec<crate::dispatch::VecDotPreFn> = vec![vec_dot_pre_q8_0];
+                    if vnni() {
+                        fs.push(vec_dot_pre_q8_0_vnni);
+                    }
+                    for f in fs {
+                        let one = vec_dot_q8_0_q8_0(n, &w, &a);
+                        assert_eq!(
+                            f(n, &w, &a, &ad).to_bits(),
+                            one.to_bits(),
+                            "case {case} pre"
                         );
                     }
                 }
