@@ -31,7 +31,7 @@ pub mod tiled;
 pub use convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 pub use dispatch::{kernels, Kernels, SUPPORTED_TYPES};
 pub use error::KernelError;
-pub use matmul::{matmul, quantize_activations};
+pub use matmul::{matmul, matmul_many, quantize_activations, MatmulJob, MAX_MATMUL_JOBS};
 pub use threads::ThreadPool;
 
 /// Bytes taken by `n` elements of `ty`; an error when `n` is not a whole number of blocks or

@@ -44,112 +44,220 @@ pub fn matmul(
     n_tokens: usize,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let (dot, act_ty) = kernels().vec_dot_fn(ty)?;
-    let w_row = row_bytes(ty, n_cols)?;
-    let a_row = row_bytes(act_ty, n_cols)?;
+    matmul_many(
+        pool,
+        &mut [MatmulJob { ty, w, n_rows, out }],
+        n_cols,
+        act,
+        n_tokens,
+    )
+}
+
+/// One matrix of [`matmul_many`]: `n_rows` rows of `ty` weights and its `[n_tokens][n_rows]`
+/// output.
+pub struct MatmulJob<'a> {
+    /// Weight type.
+    pub ty: GgmlType,
+    /// Weight rows.
+    pub w: &'a [u8],
+    /// Number of rows.
+    pub n_rows: usize,
+    /// Output, token-major.
+    pub out: &'a mut [f32],
+}
+
+/// Checked description of one job, shared by the parallel tasks.
+struct Prepared<'a> {
+    dot: crate::dispatch::VecDotFn,
+    dot4: Option<crate::dispatch::VecDot4Fn>,
+    dot2x4: Option<crate::dispatch::VecDot2x4Fn>,
+    dot_pre: Option<crate::dispatch::VecDotPreFn>,
+    act_block_bytes: usize,
+    w: &'a [u8],
+    w_row: usize,
+    n_rows: usize,
+    out_ptr: OutPtr,
+}
+
+/// Most matrices one [`matmul_many`] call takes.
+pub const MAX_MATMUL_JOBS: usize = 4;
+
+/// Several matrices multiplied with the same activations (Q, K and V; gate and up) in one
+/// parallel section, which saves a fork-join per extra matrix. Every weight type must share
+/// one activation type (the `vec_dot_type` `act` is quantized to); at most
+/// [`MAX_MATMUL_JOBS`] jobs. Results are those of [`matmul`] for each job.
+pub fn matmul_many(
+    pool: &ThreadPool,
+    jobs: &mut [MatmulJob<'_>],
+    n_cols: usize,
+    act: &[u8],
+    n_tokens: usize,
+) -> Result<(), KernelError> {
     let overflow = |what| KernelError::Overflow { what };
-    let w_len = n_rows
-        .checked_mul(w_row)
-        .ok_or_else(|| overflow("matmul weights"))?;
-    let a_len = n_tokens
-        .checked_mul(a_row)
-        .ok_or_else(|| overflow("matmul activations"))?;
-    let o_len = n_tokens
-        .checked_mul(n_rows)
-        .ok_or_else(|| overflow("matmul output"))?;
-    check_len(ty, "matmul weights", w_len, w.len())?;
-    check_len(act_ty, "matmul activations", a_len, act.len())?;
-    check_len(GgmlType::F32, "matmul output", o_len, out.len())?;
-    if o_len == 0 {
+    if jobs.len() > MAX_MATMUL_JOBS {
+        return Err(overflow("matmul_many: more than MAX_MATMUL_JOBS matrices"));
+    }
+    // A fixed array: no allocation per call.
+    let mut prepared: [Option<Prepared<'_>>; MAX_MATMUL_JOBS] = [const { None }; MAX_MATMUL_JOBS];
+    let mut act_ty0 = None;
+    let mut total_rows = 0usize;
+    for (slot, job) in prepared.iter_mut().zip(jobs.iter_mut()) {
+        let ty = job.ty;
+        let (dot, act_ty) = kernels().vec_dot_fn(ty)?;
+        if let Some(t0) = act_ty0 {
+            if t0 != act_ty {
+                return Err(KernelError::BadLength {
+                    ty: act_ty,
+                    what: "matmul_many: weight types need one activation type",
+                    expected: 0,
+                    got: 1,
+                });
+            }
+        }
+        act_ty0 = Some(act_ty);
+        let w_row = row_bytes(ty, n_cols)?;
+        let a_row = row_bytes(act_ty, n_cols)?;
+        let w_len = job
+            .n_rows
+            .checked_mul(w_row)
+            .ok_or_else(|| overflow("matmul weights"))?;
+        let a_len = n_tokens
+            .checked_mul(a_row)
+            .ok_or_else(|| overflow("matmul activations"))?;
+        let o_len = n_tokens
+            .checked_mul(job.n_rows)
+            .ok_or_else(|| overflow("matmul output"))?;
+        check_len(ty, "matmul weights", w_len, job.w.len())?;
+        check_len(act_ty, "matmul activations", a_len, act.len())?;
+        check_len(GgmlType::F32, "matmul output", o_len, job.out.len())?;
+        total_rows = total_rows
+            .checked_add(job.n_rows)
+            .ok_or_else(|| overflow("matmul rows"))?;
+        *slot = Some(Prepared {
+            dot,
+            dot4: kernels().vec_dot4_fn(ty),
+            dot2x4: kernels().vec_dot2x4_fn(ty),
+            dot_pre: kernels().vec_dot_pre_fn(ty),
+            act_block_bytes: act_ty.type_size(),
+            w: job.w,
+            w_row,
+            n_rows: job.n_rows,
+            out_ptr: OutPtr(job.out.as_mut_ptr()),
+        });
+    }
+    let Some(act_ty) = act_ty0 else {
+        return Ok(());
+    };
+    if n_tokens == 0 || total_rows == 0 {
         return Ok(());
     }
-
-    let dot4 = kernels().vec_dot4_fn(ty);
-    let dot2x4 = kernels().vec_dot2x4_fn(ty);
-    let dot_pre = kernels().vec_dot_pre_fn(ty);
-    let act_block_bytes = act_ty.type_size();
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    pool.for_each_chunk(n_rows, MIN_ROWS_PER_TASK, move |rows| {
-        let out_ptr = out_ptr;
-        let put = |t: usize, r: usize, v: f32| {
-            // SAFETY: t < n_tokens and r < n_rows, so t * n_rows + r < o_len == out.len();
-            // row r belongs to this task alone, so no other thread writes this element, and
-            // `out` stays mutably borrowed until for_each_chunk returns.
-            unsafe { *out_ptr.0.add(t * n_rows + r) = v };
-        };
-        let act_row = |t: usize| &act[t * a_row..(t + 1) * a_row];
-        // Blocks of tokens whose activations stay in L1 while this task's weight rows pass.
-        for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
-            let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
-            let mut r = rows.start;
-            if let Some(dot2x4) = dot2x4 {
-                while r + 2 <= rows.end && t1 - t0 >= 4 {
-                    let w2 = [
-                        &w[r * w_row..(r + 1) * w_row],
-                        &w[(r + 1) * w_row..(r + 2) * w_row],
-                    ];
-                    let mut t = t0;
-                    while t + 4 <= t1 {
-                        let v = dot2x4(
-                            n_cols,
-                            w2,
-                            [act_row(t), act_row(t + 1), act_row(t + 2), act_row(t + 3)],
-                        );
-                        for (i, vi) in v.into_iter().enumerate() {
-                            for (j, vj) in vi.into_iter().enumerate() {
-                                put(t + j, r + i, vj);
-                            }
-                        }
-                        t += 4;
-                    }
-                    for t in t..t1 {
-                        for (i, w_i) in w2.iter().enumerate() {
-                            put(t, r + i, dot(n_cols, w_i, act_row(t)));
-                        }
-                    }
-                    r += 2;
-                }
-            }
-            // Decode shape (one token, Q8_0 activations): the activation's block scales are
-            // converted to f32 once for all of this task's rows.
-            if let (Some(dot_pre), true) = (dot_pre, t1 - t0 == 1) {
-                let a = act_row(t0);
-                let n_blocks = a.len() / act_block_bytes;
-                if n_blocks <= MAX_PREPARED_BLOCKS {
-                    let mut scales = [0.0f32; MAX_PREPARED_BLOCKS];
-                    for (sc, b) in scales.iter_mut().zip(a.chunks_exact(act_block_bytes)) {
-                        *sc = crate::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-                    }
-                    for r in r..rows.end {
-                        let w_r = &w[r * w_row..(r + 1) * w_row];
-                        put(t0, r, dot_pre(n_cols, w_r, a, &scales[..n_blocks]));
-                    }
-                    continue;
-                }
-            }
-            for r in r..rows.end {
-                let w_r = &w[r * w_row..(r + 1) * w_row];
-                let mut t = t0;
-                if let Some(dot4) = dot4 {
-                    while t + 4 <= t1 {
-                        let v = dot4(
-                            n_cols,
-                            w_r,
-                            [act_row(t), act_row(t + 1), act_row(t + 2), act_row(t + 3)],
-                        );
-                        for (j, vj) in v.into_iter().enumerate() {
-                            put(t + j, r, vj);
-                        }
-                        t += 4;
-                    }
-                }
-                for t in t..t1 {
-                    put(t, r, dot(n_cols, w_r, act_row(t)));
-                }
+    let a_row = row_bytes(act_ty, n_cols)?;
+    let prepared = &prepared;
+    pool.for_each_chunk(total_rows, MIN_ROWS_PER_TASK, move |range| {
+        // Split the range over the concatenated rows at matrix boundaries.
+        let mut first = 0usize;
+        for p in prepared.iter().flatten() {
+            let (lo, hi) = (first, first + p.n_rows);
+            first = hi;
+            let start = range.start.max(lo);
+            let end = range.end.min(hi);
+            if start < end {
+                run_rows(p, (start - lo)..(end - lo), act, a_row, n_cols, n_tokens);
             }
         }
     });
     Ok(())
+}
+
+/// The rows `rows` of one job, for every token.
+fn run_rows(
+    p: &Prepared<'_>,
+    rows: std::ops::Range<usize>,
+    act: &[u8],
+    a_row: usize,
+    n_cols: usize,
+    n_tokens: usize,
+) {
+    let (dot, dot4, dot2x4, dot_pre) = (p.dot, p.dot4, p.dot2x4, p.dot_pre);
+    let (w, w_row, n_rows, act_block_bytes) = (p.w, p.w_row, p.n_rows, p.act_block_bytes);
+    let out_ptr = p.out_ptr;
+    let put = |t: usize, r: usize, v: f32| {
+        // SAFETY: t < n_tokens and r < n_rows, so t * n_rows + r < o_len == out.len();
+        // row r belongs to this task alone, so no other thread writes this element, and
+        // `out` stays mutably borrowed until for_each_chunk returns.
+        unsafe { *out_ptr.0.add(t * n_rows + r) = v };
+    };
+    let act_row = |t: usize| &act[t * a_row..(t + 1) * a_row];
+    // Blocks of tokens whose activations stay in L1 while this task's weight rows pass.
+    for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
+        let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
+        let mut r = rows.start;
+        if let Some(dot2x4) = dot2x4 {
+            while r + 2 <= rows.end && t1 - t0 >= 4 {
+                let w2 = [
+                    &w[r * w_row..(r + 1) * w_row],
+                    &w[(r + 1) * w_row..(r + 2) * w_row],
+                ];
+                let mut t = t0;
+                while t + 4 <= t1 {
+                    let v = dot2x4(
+                        n_cols,
+                        w2,
+                        [act_row(t), act_row(t + 1), act_row(t + 2), act_row(t + 3)],
+                    );
+                    for (i, vi) in v.into_iter().enumerate() {
+                        for (j, vj) in vi.into_iter().enumerate() {
+                            put(t + j, r + i, vj);
+                        }
+                    }
+                    t += 4;
+                }
+                for t in t..t1 {
+                    for (i, w_i) in w2.iter().enumerate() {
+                        put(t, r + i, dot(n_cols, w_i, act_row(t)));
+                    }
+                }
+                r += 2;
+            }
+        }
+        // Decode shape (one token, Q8_0 activations): the activation's block scales are
+        // converted to f32 once for all of this task's rows.
+        if let (Some(dot_pre), true) = (dot_pre, t1 - t0 == 1) {
+            let a = act_row(t0);
+            let n_blocks = a.len() / act_block_bytes;
+            if n_blocks <= MAX_PREPARED_BLOCKS {
+                let mut scales = [0.0f32; MAX_PREPARED_BLOCKS];
+                for (sc, b) in scales.iter_mut().zip(a.chunks_exact(act_block_bytes)) {
+                    *sc = crate::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                }
+                for r in r..rows.end {
+                    let w_r = &w[r * w_row..(r + 1) * w_row];
+                    put(t0, r, dot_pre(n_cols, w_r, a, &scales[..n_blocks]));
+                }
+                continue;
+            }
+        }
+        for r in r..rows.end {
+            let w_r = &w[r * w_row..(r + 1) * w_row];
+            let mut t = t0;
+            if let Some(dot4) = dot4 {
+                while t + 4 <= t1 {
+                    let v = dot4(
+                        n_cols,
+                        w_r,
+                        [act_row(t), act_row(t + 1), act_row(t + 2), act_row(t + 3)],
+                    );
+                    for (j, vj) in v.into_iter().enumerate() {
+                        put(t + j, r, vj);
+                    }
+                    t += 4;
+                }
+            }
+            for t in t..t1 {
+                put(t, r, dot(n_cols, w_r, act_row(t)));
+            }
+        }
+    }
 }
 
 /// Quantizes `n_tokens` rows of `n_cols` f32 values (`x`, token-major) to `act_ty`, one row
@@ -179,4 +287,89 @@ pub fn quantize_activations(
         k.quantize_activation(act_ty, xs, d)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(s: &mut u64) -> u64 {
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *s >> 33
+    }
+
+    /// Q4_1, Q5_1 (both with Q8_1 activations) and Q8_0 weights: `matmul_many` gives each job
+    /// exactly what `matmul` gives it alone, for decode and batch shapes; mixed activation
+    /// types are refused.
+    #[test]
+    fn many_equals_one_by_one() {
+        let pool = ThreadPool::new(2).expect("pool");
+        let mut s = 5u64;
+        let n_cols = 96;
+        for n_tokens in [1usize, 3, 9] {
+            let x: Vec<f32> = (0..n_tokens * n_cols)
+                .map(|_| (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0)
+                .collect();
+            let mut act = Vec::new();
+            quantize_activations(GgmlType::Q8_1, &x, n_tokens, n_cols, &mut act).expect("q");
+            let mut weights = Vec::new();
+            for (ty, n_rows) in [(GgmlType::Q4_1, 37usize), (GgmlType::Q5_1, 21)] {
+                let mut w: Vec<u8> = (0..n_rows * row_bytes(ty, n_cols).expect("rb"))
+                    .map(|_| lcg(&mut s) as u8)
+                    .collect();
+                for b in w.chunks_exact_mut(ty.type_size()) {
+                    let d = (lcg(&mut s) as f32 / (1u64 << 31) as f32) * 0.01;
+                    b[0..2].copy_from_slice(&crate::f32_to_f16(d).to_le_bytes());
+                    b[2..4].copy_from_slice(&crate::f32_to_f16(-d).to_le_bytes());
+                }
+                weights.push((ty, n_rows, w));
+            }
+            let mut alone: Vec<Vec<f32>> = Vec::new();
+            for (ty, n_rows, w) in &weights {
+                let mut out = vec![0.0f32; n_tokens * n_rows];
+                matmul(&pool, *ty, w, *n_rows, n_cols, &act, n_tokens, &mut out).expect("mm");
+                alone.push(out);
+            }
+            let mut o0 = vec![0.0f32; n_tokens * weights[0].1];
+            let mut o1 = vec![0.0f32; n_tokens * weights[1].1];
+            let mut jobs = [
+                MatmulJob {
+                    ty: weights[0].0,
+                    w: &weights[0].2,
+                    n_rows: weights[0].1,
+                    out: &mut o0,
+                },
+                MatmulJob {
+                    ty: weights[1].0,
+                    w: &weights[1].2,
+                    n_rows: weights[1].1,
+                    out: &mut o1,
+                },
+            ];
+            matmul_many(&pool, &mut jobs, n_cols, &act, n_tokens).expect("many");
+            assert_eq!(o0, alone[0], "n_tokens={n_tokens}");
+            assert_eq!(o1, alone[1], "n_tokens={n_tokens}");
+            // Q8_0 weights want Q8_0 activations: mixing them is an error, not a wrong result.
+            let w8 = vec![0u8; 4 * row_bytes(GgmlType::Q8_0, n_cols).expect("rb")];
+            let mut o8 = vec![0.0f32; n_tokens * 4];
+            let mut o0b = vec![0.0f32; n_tokens * weights[0].1];
+            let mut mixed = [
+                MatmulJob {
+                    ty: weights[0].0,
+                    w: &weights[0].2,
+                    n_rows: weights[0].1,
+                    out: &mut o0b,
+                },
+                MatmulJob {
+                    ty: GgmlType::Q8_0,
+                    w: &w8,
+                    n_rows: 4,
+                    out: &mut o8,
+                },
+            ];
+            assert!(matmul_many(&pool, &mut mixed, n_cols, &act, n_tokens).is_err());
+        }
+    }
 }

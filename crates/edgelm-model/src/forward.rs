@@ -515,6 +515,27 @@ fn shared_input_matmuls<const N: usize>(
     act_buf: &mut [u8],
     jobs: [(&Matrix, &mut Vec<f32>); N],
 ) -> Result<(), ModelError> {
+    let first = jobs[0].0;
+    let shared = N <= edgelm_kernels::MAX_MATMUL_JOBS
+        && jobs
+            .iter()
+            .all(|(m, _)| m.act_ty == first.act_ty && m.n_in == first.n_in);
+    if shared {
+        // One quantization and one parallel section for all of them.
+        let act = kern::quantize(pool, first.act_ty, x, first.n_in, act_buf, &first.name)?;
+        let mut mm = jobs.map(|(m, out)| edgelm_kernels::MatmulJob {
+            ty: m.ty,
+            w: m.data(file),
+            n_rows: m.n_out,
+            out: &mut out[..t_n * m.n_out],
+        });
+        return edgelm_kernels::matmul_many(pool, &mut mm, first.n_in, act, t_n).map_err(
+            |source| ModelError::Kernel {
+                op: format!("matmul {} (and the matrices sharing its input)", first.name),
+                source,
+            },
+        );
+    }
     let mut quantized: Option<(edgelm_gguf::GgmlType, usize, usize)> = None;
     for (m, out) in jobs {
         let n_bytes = match quantized {
