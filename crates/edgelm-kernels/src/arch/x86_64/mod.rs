@@ -48,6 +48,7 @@ pub(crate) fn install(k: &mut Kernels) {
             GgmlType::Q5_0 => {
                 row.vec_dot = Some(vec_dot_q5_0_q8_0);
                 row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0);
+                row.vec_dot_pre = Some(vec_dot_pre_q5_0);
             }
             GgmlType::Q4_K => row.vec_dot = Some(vec_dot_q4_k_q8_k),
             GgmlType::Q6_K => row.vec_dot = Some(vec_dot_q6_k_q8_k),
@@ -69,7 +70,10 @@ pub(crate) fn install(k: &mut Kernels) {
                     row.vec_dot2x4 = Some(vec_dot2x4_q8_0_q8_0_vnni);
                     row.vec_dot_pre = Some(vec_dot_pre_q8_0_vnni);
                 }
-                GgmlType::Q5_0 => row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0_vnni),
+                GgmlType::Q5_0 => {
+                    row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0_vnni);
+                    row.vec_dot_pre = Some(vec_dot_pre_q5_0_vnni);
+                }
                 GgmlType::Q4_1 => {
                     row.vec_dot = Some(vec_dot_q4_1_q8_1_vnni);
                     row.vec_dot4 = Some(vec_dot4_q4_1_q8_1_vnni);
@@ -312,16 +316,16 @@ macro_rules! q8_0_q8_0_body {
     }};
 }
 
-/// Q8_0 × Q8_0 with the activation's block scales given in f32 (`ad[ib]` equals the block's f16
-/// `d` converted): the same arithmetic as [`q8_0_q8_0_body`], one conversion less per block.
-macro_rules! q8_0_q8_0_pre_body {
-    ($x:expr, $y:expr, $ad:expr, $mul_sum:ident) => {{
+/// Signed-byte weights (Q8_0, Q5_0) × Q8_0 with the activation's block scales given in f32
+/// (`ad[ib]` equals the block's f16 `d` converted): the same arithmetic as the single-row
+/// kernels, one conversion less per block.
+macro_rules! i8w_pre_body {
+    ($x:expr, $y:expr, $ad:expr, $unpack:ident, $mul_sum:ident) => {{
         let mut acc = _mm256_setzero_ps();
         for ((xb, yb), &dy) in $x.iter().zip($y).zip($ad) {
-            let d = _mm256_set1_ps(f16c(xb.d) * dy);
+            let (qx, dx) = $unpack(xb);
+            let d = _mm256_set1_ps(dx * dy);
             // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
-            let qx = unsafe { _mm256_loadu_si256(xb.qs.as_ptr().cast()) };
-            // SAFETY: as above.
             let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
             let ax = _mm256_sign_epi8(qx, qx);
             let sy = _mm256_sign_epi8(qy, qx);
@@ -331,12 +335,12 @@ macro_rules! q8_0_q8_0_pre_body {
     }};
 }
 
-macro_rules! q8_0_pre_entry {
-    ($name:ident, $inner:ident, $mul_sum:ident, $features:literal) => {
-        /// Table entry: Q8_0 × Q8_0 with prepared activation scales (features detected by
+macro_rules! i8w_pre_entry {
+    ($name:ident, $inner:ident, $wb:ty, $unpack:ident, $mul_sum:ident, $features:literal) => {
+        /// Table entry: weights × Q8_0 with prepared activation scales (features detected by
         /// `install`).
         fn $name(_n: usize, w: &[u8], a: &[u8], ad: &[f32]) -> f32 {
-            let (x, y): (&[BlockQ8_0], &[BlockQ8_0]) = (blocks(w), blocks(a));
+            let (x, y): (&[$wb], &[BlockQ8_0]) = (blocks(w), blocks(a));
             assert!(
                 x.len() == y.len() && y.len() == ad.len(),
                 "vec_dot_pre: lengths differ"
@@ -349,21 +353,41 @@ macro_rules! q8_0_pre_entry {
         /// # Safety
         /// The CPU must support the enabled features; `x`, `y`, `ad` of equal length.
         #[target_feature(enable = $features)]
-        unsafe fn $inner(x: &[BlockQ8_0], y: &[BlockQ8_0], ad: &[f32]) -> f32 {
-            q8_0_q8_0_pre_body!(x, y, ad, $mul_sum)
+        unsafe fn $inner(x: &[$wb], y: &[BlockQ8_0], ad: &[f32]) -> f32 {
+            i8w_pre_body!(x, y, ad, $unpack, $mul_sum)
         }
     };
 }
 
-q8_0_pre_entry!(
+i8w_pre_entry!(
     vec_dot_pre_q8_0,
     q8_0_pre_avx2,
+    BlockQ8_0,
+    unpack_q8_0,
     mul_sum_us8_pairs_float,
     "avx2,fma,f16c"
 );
-q8_0_pre_entry!(
+i8w_pre_entry!(
     vec_dot_pre_q8_0_vnni,
     q8_0_pre_vnni,
+    BlockQ8_0,
+    unpack_q8_0,
+    mul_sum_us8_pairs_float_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl"
+);
+i8w_pre_entry!(
+    vec_dot_pre_q5_0,
+    q5_0_pre_avx2,
+    BlockQ5_0,
+    unpack_q5_0,
+    mul_sum_us8_pairs_float,
+    "avx2,fma,f16c"
+);
+i8w_pre_entry!(
+    vec_dot_pre_q5_0_vnni,
+    q5_0_pre_vnni,
+    BlockQ5_0,
+    unpack_q5_0,
     mul_sum_us8_pairs_float_vnni,
     "avx2,fma,f16c,avx512vnni,avx512vl"
 );
@@ -862,6 +886,25 @@ mod tests {
                         GgmlType::Q8_0 => fs.push((vec_dot2x4_q8_0_q8_0_vnni, vec_dot_q8_0_q8_0)),
                         _ => fs.push((vec_dot2x4_q5_0_q8_0_vnni, vec_dot_q5_0_q8_0)),
                     }
+                }
+                let ad: Vec<f32> = rows[0]
+                    .chunks_exact(34)
+                    .map(|b| crate::f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                    .collect();
+                let pres: Vec<crate::dispatch::VecDotPreFn> = match ty {
+                    GgmlType::Q8_0 => vec![vec_dot_pre_q8_0, vec_dot_pre_q8_0_vnni],
+                    _ => vec![vec_dot_pre_q5_0, vec_dot_pre_q5_0_vnni],
+                };
+                let single: crate::dispatch::VecDotFn = match ty {
+                    GgmlType::Q8_0 => vec_dot_q8_0_q8_0,
+                    _ => vec_dot_q5_0_q8_0,
+                };
+                for (k, f) in pres.into_iter().enumerate() {
+                    if k == 1 && !vnni() {
+                        continue;
+                    }
+                    let want = single(n, w0, rows[0]);
+                    assert_eq!(f(n, w0, rows[0], &ad).to_bits(), want.to_bits(), "{ty} pre");
                 }
                 for (f, one) in fs {
                     let got = f(n, [w0, w1], rows);
