@@ -117,16 +117,31 @@ fn load256_u8(p: &[u8]) -> __m256i {
 /// The CPU must support AVX2, FMA and F16C. `x` and `y` have the same length.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    // SAFETY: same features.
+    let [r] = unsafe { q4_k_q8_k_xn::<1>(x, [y]) };
+    r
+}
+
+/// Q4_K × Q8_K for one weight row and `N` activation rows: each result computed exactly as
+/// ggml's single-row AVX2 kernel does (its own `acc`, `acc_m`, blocks in order); the weight
+/// block's scales and nibbles are unpacked once for the `N` rows.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. Every `ys[j]` is as long as `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q4_k_q8_k_xn<const N: usize>(
+    x: &[BlockQ4K],
+    ys: [&[BlockQ8K]; N],
+) -> [f32; N] {
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
     const KMASK3: u32 = 0x03030303;
     let m4 = _mm256_set1_epi8(0xF);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm_setzero_ps();
-    for (xb, yb) in x.iter().zip(y) {
-        let yd = f32::from_le_bytes(yb.d);
-        let d = yd * f16c(xb.d);
-        let dmin = -yd * f16c(xb.dmin);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc_m = [_mm_setzero_ps(); N];
+    for (i, xb) in x.iter().enumerate() {
+        let xd = f16c(xb.d);
+        let xdmin = f16c(xb.dmin);
         let mut utmp = [0u32; 4];
         for (k, u) in utmp.iter_mut().take(3).enumerate() {
             *u = u32::from_le_bytes([
@@ -141,61 +156,87 @@ pub(crate) unsafe fn q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
         utmp[1] = (utmp[2] & KMASK2) | (((utmp[0] >> 6) & KMASK3) << 4);
         utmp[2] = uaux;
         utmp[0] &= KMASK1;
-
         let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(
             utmp[3] as i32,
             utmp[2] as i32,
             utmp[1] as i32,
             utmp[0] as i32,
         ));
-        let mut bs = [0u8; 32];
-        for (k, b) in yb.bsums.iter().enumerate() {
-            bs[2 * k..2 * k + 2].copy_from_slice(b);
-        }
-        let q8sums = load256(&bs);
-        let q8s = _mm_hadd_epi16(
-            _mm256_extracti128_si256::<0>(q8sums),
-            _mm256_extracti128_si256::<1>(q8sums),
-        );
-        let prod = _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_and_scales), q8s);
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
-
+        let mins = _mm256_extracti128_si256::<1>(mins_and_scales);
         let sc128 = _mm256_extracti128_si256::<0>(mins_and_scales);
         let scales = _mm256_set_m128i(sc128, sc128);
-        let mut sumi = _mm256_setzero_si256();
+        let mut sl = [_mm256_setzero_si256(); 4];
+        let mut sh = [_mm256_setzero_si256(); 4];
+        let mut q4l = [_mm256_setzero_si256(); 4];
+        let mut q4h = [_mm256_setzero_si256(); 4];
         for j in 0..4 {
-            let scale_l = _mm256_shuffle_epi8(scales, load256(&K4_SHUFFLE[2 * j]));
-            let scale_h = _mm256_shuffle_epi8(scales, load256(&K4_SHUFFLE[2 * j + 1]));
+            sl[j] = _mm256_shuffle_epi8(scales, load256(&K4_SHUFFLE[2 * j]));
+            sh[j] = _mm256_shuffle_epi8(scales, load256(&K4_SHUFFLE[2 * j + 1]));
             let q4bits = load256_u8(&xb.qs[32 * j..]);
-            let q4l = _mm256_and_si256(q4bits, m4);
-            let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
-            let q8l = load256_i8(&yb.qs[64 * j..]);
-            let p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
-            let q8h = load256_i8(&yb.qs[64 * j + 32..]);
-            let p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+            q4l[j] = _mm256_and_si256(q4bits, m4);
+            q4h[j] = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        for t in 0..N {
+            let yb = &ys[t][i];
+            let yd = f32::from_le_bytes(yb.d);
+            let d = yd * xd;
+            let dmin = -yd * xdmin;
+            let mut bs = [0u8; 32];
+            for (k, b) in yb.bsums.iter().enumerate() {
+                bs[2 * k..2 * k + 2].copy_from_slice(b);
+            }
+            let q8sums = load256(&bs);
+            let q8s = _mm_hadd_epi16(
+                _mm256_extracti128_si256::<0>(q8sums),
+                _mm256_extracti128_si256::<1>(q8sums),
+            );
+            let prod = _mm_madd_epi16(mins, q8s);
+            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[t]);
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..4 {
+                let q8l = load256_i8(&yb.qs[64 * j..]);
+                let p16l = _mm256_madd_epi16(sl[j], _mm256_maddubs_epi16(q4l[j], q8l));
+                let q8h = load256_i8(&yb.qs[64 * j + 32..]);
+                let p16h = _mm256_madd_epi16(sh[j], _mm256_maddubs_epi16(q4h[j], q8h));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
     }
-    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-    hsum_float_8(acc) + _mm_cvtss_f32(acc_m)
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        let mut am = acc_m[t];
+        am = _mm_add_ps(am, _mm_movehl_ps(am, am));
+        am = _mm_add_ss(am, _mm_movehdup_ps(am));
+        out[t] = hsum_float_8(acc[t]) + _mm_cvtss_f32(am);
+    }
+    out
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C. `x` and `y` have the same length.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    // SAFETY: same features.
+    let [r] = unsafe { q6_k_q8_k_xn::<1>(x, [y]) };
+    r
+}
+
+/// Q6_K × Q8_K for one weight row and `N` activation rows, each result exactly as ggml's
+/// single-row AVX2 kernel computes it; the weight block is unpacked once for the `N` rows.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. Every `ys[j]` is as long as `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q6_k_q8_k_xn<const N: usize>(
+    x: &[BlockQ6K],
+    ys: [&[BlockQ8K]; N],
+) -> [f32; N] {
     let m3 = _mm256_set1_epi8(3);
     let m15 = _mm256_set1_epi8(15);
-    let mut acc = _mm256_setzero_ps();
-    for (xb, yb) in x.iter().zip(y) {
-        let d = f32::from_le_bytes(yb.d) * f16c(xb.d);
-        let mut bs = [0u8; 32];
-        for (k, b) in yb.bsums.iter().enumerate() {
-            bs[2 * k..2 * k + 2].copy_from_slice(b);
-        }
-        let q8sums = load256(&bs);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, xb) in x.iter().enumerate() {
+        let xd = f16c(xb.d);
         let mut sc = [0u8; 16];
         for (s, &v) in sc.iter_mut().zip(&xb.scales) {
             *s = v as u8;
@@ -203,9 +244,9 @@ pub(crate) unsafe fn q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
         // SAFETY: 16 bytes, one unaligned 128-bit load.
         let scales = unsafe { _mm_loadu_si128(sc.as_ptr().cast()) };
         let scales_16 = _mm256_cvtepi8_epi16(scales);
-        let q8sclsub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(q8sums, scales_16));
-        let mut sumi = _mm256_setzero_si256();
-        let mut is = 0;
+        // The weight block unpacked: q4[j][k] for the two 128-value halves, and their scales.
+        let mut q4 = [[_mm256_setzero_si256(); 4]; 2];
+        let mut scl = [[_mm256_setzero_si256(); 4]; 2];
         for j in 0..2 {
             let q4bits1 = load256_u8(&xb.ql[64 * j..]);
             let q4bits2 = load256_u8(&xb.ql[64 * j + 32..]);
@@ -214,36 +255,52 @@ pub(crate) unsafe fn q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             let q4h_1 = _mm256_slli_epi16::<2>(_mm256_and_si256(q4bits_h, _mm256_set1_epi8(12)));
             let q4h_2 = _mm256_and_si256(q4bits_h, _mm256_set1_epi8(48));
             let q4h_3 = _mm256_srli_epi16::<2>(_mm256_and_si256(q4bits_h, _mm256_set1_epi8(-64)));
-            let q4_0 = _mm256_or_si256(_mm256_and_si256(q4bits1, m15), q4h_0);
-            let q4_1 = _mm256_or_si256(_mm256_and_si256(q4bits2, m15), q4h_1);
-            let q4_2 = _mm256_or_si256(
+            q4[j][0] = _mm256_or_si256(_mm256_and_si256(q4bits1, m15), q4h_0);
+            q4[j][1] = _mm256_or_si256(_mm256_and_si256(q4bits2, m15), q4h_1);
+            q4[j][2] = _mm256_or_si256(
                 _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits1), m15),
                 q4h_2,
             );
-            let q4_3 = _mm256_or_si256(
+            q4[j][3] = _mm256_or_si256(
                 _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits2), m15),
                 q4h_3,
             );
-            let q8 = &yb.qs[128 * j..];
-            let p16_0 = _mm256_maddubs_epi16(q4_0, load256_i8(&q8[0..]));
-            let p16_1 = _mm256_maddubs_epi16(q4_1, load256_i8(&q8[32..]));
-            let p16_2 = _mm256_maddubs_epi16(q4_2, load256_i8(&q8[64..]));
-            let p16_3 = _mm256_maddubs_epi16(q4_3, load256_i8(&q8[96..]));
-            let shuf = |k: usize| {
+            for k in 0..4 {
                 // SAFETY: 16 bytes, one unaligned 128-bit load.
-                let m = unsafe { _mm_loadu_si128(K6_SHUFFLE[k].as_ptr().cast()) };
-                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, m))
-            };
-            let p16_0 = _mm256_madd_epi16(shuf(is), p16_0);
-            let p16_1 = _mm256_madd_epi16(shuf(is + 1), p16_1);
-            let p16_2 = _mm256_madd_epi16(shuf(is + 2), p16_2);
-            let p16_3 = _mm256_madd_epi16(shuf(is + 3), p16_3);
-            is += 4;
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_0, p16_1));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_2, p16_3));
+                let m = unsafe { _mm_loadu_si128(K6_SHUFFLE[4 * j + k].as_ptr().cast()) };
+                scl[j][k] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, m));
+            }
         }
-        sumi = _mm256_sub_epi32(sumi, q8sclsub);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        for t in 0..N {
+            let yb = &ys[t][i];
+            let d = f32::from_le_bytes(yb.d) * xd;
+            let mut bs = [0u8; 32];
+            for (k, b) in yb.bsums.iter().enumerate() {
+                bs[2 * k..2 * k + 2].copy_from_slice(b);
+            }
+            let q8sums = load256(&bs);
+            let q8sclsub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(q8sums, scales_16));
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..2 {
+                let q8 = &yb.qs[128 * j..];
+                let p16_0 = _mm256_maddubs_epi16(q4[j][0], load256_i8(&q8[0..]));
+                let p16_1 = _mm256_maddubs_epi16(q4[j][1], load256_i8(&q8[32..]));
+                let p16_2 = _mm256_maddubs_epi16(q4[j][2], load256_i8(&q8[64..]));
+                let p16_3 = _mm256_maddubs_epi16(q4[j][3], load256_i8(&q8[96..]));
+                let p16_0 = _mm256_madd_epi16(scl[j][0], p16_0);
+                let p16_1 = _mm256_madd_epi16(scl[j][1], p16_1);
+                let p16_2 = _mm256_madd_epi16(scl[j][2], p16_2);
+                let p16_3 = _mm256_madd_epi16(scl[j][3], p16_3);
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_0, p16_1));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_2, p16_3));
+            }
+            sumi = _mm256_sub_epi32(sumi, q8sclsub);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
     }
-    hsum_float_8(acc)
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum_float_8(acc[t]);
+    }
+    out
 }

@@ -50,8 +50,14 @@ pub(crate) fn install(k: &mut Kernels) {
                 row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0);
                 row.vec_dot_pre = Some(vec_dot_pre_q5_0);
             }
-            GgmlType::Q4_K => row.vec_dot = Some(vec_dot_q4_k_q8_k),
-            GgmlType::Q6_K => row.vec_dot = Some(vec_dot_q6_k_q8_k),
+            GgmlType::Q4_K => {
+                row.vec_dot = Some(vec_dot_q4_k_q8_k);
+                row.vec_dot4 = Some(vec_dot4_q4_k_q8_k);
+            }
+            GgmlType::Q6_K => {
+                row.vec_dot = Some(vec_dot_q6_k_q8_k);
+                row.vec_dot4 = Some(vec_dot4_q6_k_q8_k);
+            }
             _ => {}
         }
     }
@@ -108,6 +114,24 @@ fn vec_dot_q4_k_q8_k(_n: usize, w: &[u8], a: &[u8]) -> f32 {
     assert_eq!(x.len(), y.len(), "vec_dot_q4_k_q8_k: block counts differ");
     // SAFETY: as above.
     unsafe { kquants::q4_k_q8_k(x, y) }
+}
+
+/// Table entry: Q4_K × four Q8_K activation rows, each bit-identical to the single-row kernel
+/// (AVX2, FMA and F16C detected by `install`).
+fn vec_dot4_q4_k_q8_k(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let x: &[BlockQ4K] = blocks(w);
+    let ys = blocks4::<BlockQ8K>(a, x.len());
+    // SAFETY: as above.
+    unsafe { kquants::q4_k_q8_k_xn::<4>(x, ys) }
+}
+
+/// Table entry: Q6_K × four Q8_K activation rows, each bit-identical to the single-row kernel
+/// (AVX2, FMA and F16C detected by `install`).
+fn vec_dot4_q6_k_q8_k(_n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    let x: &[BlockQ6K] = blocks(w);
+    let ys = blocks4::<BlockQ8K>(a, x.len());
+    // SAFETY: as above.
+    unsafe { kquants::q6_k_q8_k_xn::<4>(x, ys) }
 }
 
 /// Table entry: Q6_K × Q8_K (AVX2, FMA and F16C detected by `install`).
@@ -839,6 +863,29 @@ mod tests {
                     .zip(&af)
                     .map(|(p, q)| (*p as f64 * *q as f64).abs())
                     .sum();
+                if ty == GgmlType::Q4_K || ty == GgmlType::Q6_K {
+                    // Four activation rows (rotations of this one by whole blocks): the x4
+                    // kernel gives each exactly the single-row result.
+                    let ab = act_ty.type_size();
+                    let rows: Vec<Vec<u8>> = (0..4)
+                        .map(|k| {
+                            let mut r = a.clone();
+                            r.rotate_left((k * ab) % a.len());
+                            r
+                        })
+                        .collect();
+                    let (f4, f1): (crate::dispatch::VecDot4Fn, crate::dispatch::VecDotFn) =
+                        if ty == GgmlType::Q4_K {
+                            (vec_dot4_q4_k_q8_k, vec_dot_q4_k_q8_k)
+                        } else {
+                            (vec_dot4_q6_k_q8_k, vec_dot_q6_k_q8_k)
+                        };
+                    let got4 = f4(n, &w, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+                    for (k, r) in rows.iter().enumerate() {
+                        let one = f1(n, &w, r);
+                        assert_eq!(got4[k].to_bits(), one.to_bits(), "case {case} x4 {k}");
+                    }
+                }
                 assert!(
                     ((got - want) as f64).abs() <= 1e-5 * mag + 1e-30,
                     "{ty} case {case}: avx2 {got} scalar {want} (mag {mag})"
