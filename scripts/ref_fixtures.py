@@ -266,11 +266,12 @@ def parse_ppl_log(log: str) -> dict:
             "n_chunks": int(c.group(1)), "n_ctx": int(c.group(2))}
 
 
-def run_ppl(model: str, chunks: int | None) -> dict:
+def run_ppl(model: str, chunks: int | None, extra: list[str] | None = None) -> dict:
     cmd = [os.path.join(LLAMA_BIN, "llama-perplexity"), "-m", model, "-f", WIKITEXT,
            "-c", str(N_CTX), "-t", str(N_THREADS)]
     if chunks is not None:
         cmd += ["--chunks", str(chunks)]
+    cmd += extra or []
     t0 = time.time()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     r = parse_ppl_log(out.stdout + out.stderr)
@@ -282,6 +283,9 @@ def run_ppl(model: str, chunks: int | None) -> dict:
 def part_perplexity(model: str, full_log: str | None) -> None:
     ten = run_ppl(model, 10)
     print(f"perplexity --chunks 10: {ten}")
+    # The quantized KV cache (edgelm --cache-type q8_0), 3 windows.
+    q8 = run_ppl(model, 3, ["-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on"])
+    print(f"perplexity --chunks 3, Q8_0 cache: {q8}")
     if full_log:
         full = parse_ppl_log(open(full_log, encoding="utf-8").read())
         full["command"] = shlex.join(
@@ -304,6 +308,7 @@ def part_perplexity(model: str, full_log: str | None) -> None:
         "data": {"file": "wikitext-2-raw-test.txt", "sha256": sha256_file(WIKITEXT)},
         "chunks10": ten,
         "full": full,
+        "q8_0_cache_chunks3": q8,
     }
     write_json("perplexity.json", obj)
 
