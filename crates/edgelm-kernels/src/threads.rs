@@ -108,9 +108,7 @@ impl ThreadPool {
             f(start..(start + chunk).min(n_items));
         });
     }
-}
 
-impl ThreadPool {
     /// Calls `f(i, row)` for every `row_len`-long row `i` of `data`, in parallel; each task takes
     /// at least `min_rows` consecutive rows. `data.len()` must be a multiple of `row_len`.
     pub fn for_each_row_mut<T: Send>(
@@ -125,36 +123,19 @@ impl ThreadPool {
         }
         assert_eq!(data.len() % row_len, 0, "for_each_row_mut: ragged rows");
         let n_rows = data.len() / row_len;
-        let per_task = n_rows.div_ceil(self.n_threads * 4).max(min_rows.max(1));
-        if self.n_threads == 1 || per_task >= n_rows {
-            for (i, row) in data.chunks_exact_mut(row_len).enumerate() {
-                f(i, row);
-            }
-            return;
-        }
-        let n_chunks = n_rows.div_ceil(per_task);
-        let base = RowsPtr(data.as_mut_ptr());
-        self.run(n_chunks, &|c| {
-            let base = &base;
-            let first = c * per_task;
-            let last = (first + per_task).min(n_rows);
-            // SAFETY: chunk c covers rows first..last, disjoint from every other chunk's and
-            // inside `data` (last <= n_rows); `data` stays mutably borrowed until `run`
-            // returns, after every chunk has finished.
-            let rows = unsafe {
-                std::slice::from_raw_parts_mut(
-                    base.0.add(first * row_len),
-                    (last - first) * row_len,
-                )
-            };
+        // One group on one thread: everything runs on the caller.
+        let per_task = if self.n_threads == 1 {
+            n_rows
+        } else {
+            n_rows.div_ceil(self.n_threads * 4).max(min_rows.max(1))
+        };
+        self.for_each_row_group_mut(data, row_len, per_task, |first, rows| {
             for (j, row) in rows.chunks_exact_mut(row_len).enumerate() {
                 f(first + j, row);
             }
         });
     }
-}
 
-impl ThreadPool {
     /// Calls `f(first_row, rows)` for consecutive groups of `group` rows (`row_len` long) of
     /// `data`, in parallel (the last group may be shorter).
     pub fn for_each_row_group_mut<T: Send>(
@@ -174,6 +155,10 @@ impl ThreadPool {
         );
         let n_rows = data.len() / row_len;
         let n_groups = n_rows.div_ceil(group);
+        if n_groups == 1 {
+            f(0, data);
+            return;
+        }
         let base = RowsPtr(data.as_mut_ptr());
         self.run(n_groups, &|c| {
             let base = &base;
