@@ -427,18 +427,6 @@ impl Kernels {
         Ok(f(n, w, act))
     }
 
-    pub(crate) fn vec_dot2x4_fn(&self, ty: GgmlType) -> Option<VecDot2x4Fn> {
-        self.row(ty, "vec_dot").ok().and_then(|r| r.vec_dot2x4)
-    }
-
-    pub(crate) fn vec_dot_pre_fn(&self, ty: GgmlType) -> Option<VecDotPreFn> {
-        self.row(ty, "vec_dot").ok().and_then(|r| r.vec_dot_pre)
-    }
-
-    pub(crate) fn vec_dot4_fn(&self, ty: GgmlType) -> Option<VecDot4Fn> {
-        self.row(ty, "vec_dot").ok().and_then(|r| r.vec_dot4)
-    }
-
     pub(crate) fn vec_dot_fn(&self, ty: GgmlType) -> Result<(VecDotFn, GgmlType), KernelError> {
         let row = self.row(ty, "vec_dot")?;
         let f = row

@@ -43,6 +43,25 @@ pub enum KernelError {
         /// What was being sized.
         what: &'static str,
     },
+    /// `matmul_many` was given matrices whose weight types multiply different activation
+    /// types; they must share the one quantized input.
+    #[error("matmul_many: {weight} weights take {wanted} activations, the input is {given}")]
+    ActivationTypeMismatch {
+        /// The weight type of the offending matrix.
+        weight: GgmlType,
+        /// The activation type it takes.
+        wanted: GgmlType,
+        /// The activation type of the first matrix (the input's).
+        given: GgmlType,
+    },
+    /// `matmul_many` was given more matrices than it takes.
+    #[error("matmul_many: {n} matrices, at most {max} in one call")]
+    TooManyMatmulJobs {
+        /// Matrices given.
+        n: usize,
+        /// Most matrices one call takes.
+        max: usize,
+    },
     /// The thread pool could not be built.
     #[error("cannot build a thread pool of {n_threads} threads: {message}")]
     ThreadPool {

@@ -95,7 +95,10 @@ pub fn matmul_many(
 ) -> Result<(), KernelError> {
     let overflow = |what| KernelError::Overflow { what };
     if jobs.len() > MAX_MATMUL_JOBS {
-        return Err(overflow("matmul_many: more than MAX_MATMUL_JOBS matrices"));
+        return Err(KernelError::TooManyMatmulJobs {
+            n: jobs.len(),
+            max: MAX_MATMUL_JOBS,
+        });
     }
     // A fixed array: no allocation per call.
     let mut prepared: [Option<Prepared<'_>>; MAX_MATMUL_JOBS] = [const { None }; MAX_MATMUL_JOBS];
@@ -103,14 +106,18 @@ pub fn matmul_many(
     let mut total_rows = 0usize;
     for (slot, job) in prepared.iter_mut().zip(jobs.iter_mut()) {
         let ty = job.ty;
-        let (dot, act_ty) = kernels().vec_dot_fn(ty)?;
-        if let Some(t0) = act_ty0 {
-            if t0 != act_ty {
-                return Err(KernelError::BadLength {
-                    ty: act_ty,
-                    what: "matmul_many: weight types need one activation type",
-                    expected: 0,
-                    got: 1,
+        // One table row gives the type's dot product, its activation type and its tile forms.
+        let row = kernels().row(ty, "vec_dot")?;
+        let dot = row
+            .vec_dot
+            .ok_or(KernelError::Unsupported { ty, op: "vec_dot" })?;
+        let act_ty = row.vec_dot_type;
+        if let Some(given) = act_ty0 {
+            if given != act_ty {
+                return Err(KernelError::ActivationTypeMismatch {
+                    weight: ty,
+                    wanted: act_ty,
+                    given,
                 });
             }
         }
@@ -135,9 +142,9 @@ pub fn matmul_many(
             .ok_or_else(|| overflow("matmul rows"))?;
         *slot = Some(Prepared {
             dot,
-            dot4: kernels().vec_dot4_fn(ty),
-            dot2x4: kernels().vec_dot2x4_fn(ty),
-            dot_pre: kernels().vec_dot_pre_fn(ty),
+            dot4: row.vec_dot4,
+            dot2x4: row.vec_dot2x4,
+            dot_pre: row.vec_dot_pre,
             act_block_bytes: act_ty.type_size(),
             w: job.w,
             w_row,
@@ -369,7 +376,10 @@ mod tests {
                     out: &mut o8,
                 },
             ];
-            assert!(matmul_many(&pool, &mut mixed, n_cols, &act, n_tokens).is_err());
+            assert!(matches!(
+                matmul_many(&pool, &mut mixed, n_cols, &act, n_tokens),
+                Err(KernelError::ActivationTypeMismatch { .. })
+            ));
         }
     }
 }
