@@ -335,6 +335,26 @@ pub fn attention_one_query_f16(
     n_kv: usize,
     scale: f32,
 ) {
+    attention_one_query_f16_with(out, acc, q, k, v, n_kv, scale, dot_f16, scale_f16, mad_f16)
+}
+
+/// The body of [`attention_one_query_f16`] over given F16 helpers (`dot`, `scale`, `mad`, each
+/// computing what [`dot_f16`], [`scale_f16`] and [`mad_f16`] compute): the SIMD table passes
+/// its vector versions, so the online softmax itself is written once.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_one_query_f16_with(
+    out: &mut [f32],
+    acc: &mut [f16],
+    q: &[f16],
+    k: &[f16],
+    v: &[f16],
+    n_kv: usize,
+    scale: f32,
+    dot: impl Fn(&[f16], &[f16]) -> f32,
+    scale_acc: impl Fn(&mut [f16], f32),
+    mad: impl Fn(&mut [f16], &[f16], f32),
+) {
     let d = q.len();
     let dv = out.len();
     assert_eq!(acc.len(), dv, "attention_one_query_f16: acc length");
@@ -344,18 +364,18 @@ pub fn attention_one_query_f16(
     let mut sum = 0.0f32;
     let mut max = f32::NEG_INFINITY;
     for ic in 0..n_kv {
-        let s = dot_f16(&k[ic * d..(ic + 1) * d], q) * scale;
+        let s = dot(&k[ic * d..(ic + 1) * d], q) * scale;
         let old_max = max;
         let mut ms = 1.0f32;
         let mut vs = 1.0f32;
         if s > max {
             max = s;
             ms = (old_max - max).exp();
-            scale_f16(acc, ms);
+            scale_acc(acc, ms);
         } else {
             vs = (s - max).exp();
         }
-        mad_f16(acc, &v[ic * dv..(ic + 1) * dv], vs);
+        mad(acc, &v[ic * dv..(ic + 1) * dv], vs);
         // `S = S*ms + vs` in llama.cpp, contracted to one fma by GCC (C++, -ffp-contract=fast).
         sum = sum.mul_add(ms, vs);
     }

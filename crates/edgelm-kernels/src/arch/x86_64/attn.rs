@@ -153,34 +153,19 @@ pub(crate) unsafe fn attention_one_query_f16(
     n_kv: usize,
     scale: f32,
 ) {
-    let d = q.len();
-    let dv = out.len();
-    assert_eq!(acc.len(), dv, "attention_one_query_f16: acc length");
-    assert!(k.len() >= n_kv * d, "attention_one_query_f16: k too short");
-    assert!(v.len() >= n_kv * dv, "attention_one_query_f16: v too short");
-    acc.fill(f16::ZERO);
-    let mut sum = 0.0f32;
-    let mut max = f32::NEG_INFINITY;
-    for ic in 0..n_kv {
-        // SAFETY (all calls): the features were enabled by our caller's contract.
-        let s = unsafe { dot_f16(&k[ic * d..(ic + 1) * d], q) } * scale;
-        let old_max = max;
-        let mut ms = 1.0f32;
-        let mut vs = 1.0f32;
-        if s > max {
-            max = s;
-            ms = (old_max - max).exp();
-            unsafe { scale_f16(acc, ms) };
-        } else {
-            vs = (s - max).exp();
-        }
-        unsafe { mad_f16(acc, &v[ic * dv..(ic + 1) * dv], vs) };
-        sum = sum.mul_add(ms, vs);
-    }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    for (o, a) in out.iter_mut().zip(acc.iter()) {
-        *o = a.to_f32() * inv;
-    }
+    // SAFETY (the three helpers): the features were enabled by our caller's contract.
+    crate::ops::attention_one_query_f16_with(
+        out,
+        acc,
+        q,
+        k,
+        v,
+        n_kv,
+        scale,
+        |x, y| unsafe { dot_f16(x, y) },
+        |y, s| unsafe { scale_f16(y, s) },
+        |y, x, s| unsafe { mad_f16(y, x, s) },
+    )
 }
 
 #[cfg(test)]
