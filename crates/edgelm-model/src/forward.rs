@@ -252,6 +252,7 @@ fn forward_batch(
         )?;
     }
 
+    let k_tab = edgelm_kernels::kernels();
     let theta_scale = ops::rope_theta_scale(cfg.rope_theta, cfg.rope_dim);
     let mode = cfg.arch.rope_mode();
     let scale = cfg.kq_scale();
@@ -289,7 +290,6 @@ fn forward_batch(
             }
         }
         // 2c. RoPE, then K and V into the cache: [L, KV, n_ctx, D] (F16 values or Q8_0 rows)
-        let k_tab = edgelm_kernels::kernels();
         let (kc, vc): (&mut [f16], &mut [f16]) = match cache_type {
             CacheType::F16 => (
                 &mut k_cache[il * layer_len..(il + 1) * layer_len],
@@ -346,35 +346,24 @@ fn forward_batch(
         }
         // 2d. causal attention: token t sees positions 0..=pos0+t. llama.cpp takes its tiled
         // path for batches of 64 or more tokens and its one-query path below that; so do we.
-        let k_tab = edgelm_kernels::kernels();
         let q_all = &s.q[..t_n * qd];
         let (kc, vc) = (&*kc, &*vc);
         let (kq, vq) = (&*kq, &*vq);
         if cache_type == CacheType::Q8_0 {
-            // llama.cpp takes the one-query path for a quantized cache at every batch size.
+            // llama.cpp takes the one-query path for a quantized cache at every batch size,
+            // with each query head quantized to Q8_0 (K's vec_dot_type) first. The activation
+            // scratch holds wo's input ([T, H·D] in wo's activation type, never smaller than
+            // Q8_0), so it holds these too.
+            let q8 = kern::quantize(pool, GgmlType::Q8_0, q_all, d, &mut s.act, "attention")?;
             pool.for_each_row_mut(&mut s.attn[..t_n * qd], d, 4, |i, out| {
                 let (t, h) = (i / cfg.n_head, i % cfg.n_head);
                 let n_kv = pos0 + t + 1;
                 let base = (h / group) * n_ctx * q8_row;
-                let mut qq = [0u8; MAX_HEAD_DIM / 32 * 34];
-                let qq = &mut qq[..q8_row];
                 let mut acc = [0.0f32; MAX_HEAD_DIM];
-                let acc = &mut acc[..d];
-                if edgelm_kernels::quantize_activation(
-                    GgmlType::Q8_0,
-                    &q_all[i * d..(i + 1) * d],
-                    qq,
-                )
-                .is_err()
-                {
-                    // Lengths were checked when the state was made (d % 32 == 0).
-                    out.fill(f32::NAN);
-                    return;
-                }
                 k_tab.attention_one_query_q8_0(
                     out,
-                    acc,
-                    qq,
+                    &mut acc[..d],
+                    &q8[i * q8_row..(i + 1) * q8_row],
                     &kq[base..base + n_kv * q8_row],
                     &vq[base..base + n_kv * q8_row],
                     n_kv,
@@ -460,7 +449,6 @@ fn forward_batch(
         )?;
         let ff = t_n * cfg.n_ff;
         let (gate, up) = (&s.gate, &s.up);
-        let k_tab = edgelm_kernels::kernels();
         pool.for_each_row_mut(&mut s.hidden[..ff], cfg.n_ff, 1, |t, h| {
             let r = t * cfg.n_ff..(t + 1) * cfg.n_ff;
             k_tab.swiglu(h, &gate[r.clone()], &up[r]);
