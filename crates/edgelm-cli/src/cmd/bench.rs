@@ -163,39 +163,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 args.cache_type,
             )
             .context("cannot allocate the model state")?;
-        for &n in &prompts {
-            let toks = tokens(n, n_vocab, 42 + n as u64);
+        let tests = prompts
+            .iter()
+            .map(|&n| (format!("pp{n}"), n, true))
+            .chain(gens.iter().map(|&n| (format!("tg{n}"), n, false)));
+        for (test, n, prompt) in tests {
+            let toks = tokens(n, n_vocab, if prompt { 42 } else { 7 } + n as u64);
             let mut ts = Vec::with_capacity(reps);
+            // One warm-up run, then `reps` timed ones, each from an empty cache.
             for rep in 0..=reps {
                 state.reset();
                 let t0 = Instant::now();
-                model
-                    .forward(&pool, &mut state, &toks, Logits::Last)
-                    .context("prompt evaluation failed")?;
-                let secs = t0.elapsed().as_secs_f64();
-                if rep > 0 {
-                    ts.push(n as f64 / secs);
-                }
-            }
-            let s = Sample {
-                test: format!("pp{n}"),
-                n_threads: nt,
-                n_tokens: n,
-                ts,
-            };
-            report_line(args, &s)?;
-            samples.push(s);
-        }
-        for &n in &gens {
-            let toks = tokens(n, n_vocab, 7 + n as u64);
-            let mut ts = Vec::with_capacity(reps);
-            for rep in 0..=reps {
-                state.reset();
-                let t0 = Instant::now();
-                for &t in &toks {
+                if prompt {
                     model
-                        .forward(&pool, &mut state, &[t], Logits::Last)
-                        .context("generation step failed")?;
+                        .forward(&pool, &mut state, &toks, Logits::Last)
+                        .context("prompt evaluation failed")?;
+                } else {
+                    for &t in &toks {
+                        model
+                            .forward(&pool, &mut state, &[t], Logits::Last)
+                            .context("generation step failed")?;
+                    }
                 }
                 let secs = t0.elapsed().as_secs_f64();
                 if rep > 0 {
@@ -203,7 +191,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 }
             }
             let s = Sample {
-                test: format!("tg{n}"),
+                test,
                 n_threads: nt,
                 n_tokens: n,
                 ts,
