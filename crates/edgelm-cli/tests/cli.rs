@@ -93,6 +93,8 @@ fn usage_errors_exit_two() {
         &["tokenize"],
         &["run", "-p", "x", "-t", "0"],
         &["perplexity"],
+        &["run", "-p", "x", "--cache-type", "q4_0"],
+        &["bench", "-r", "0"],
     ] {
         let o = run(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
@@ -387,6 +389,44 @@ fn real_chat_reads_turns_from_stdin() {
     assert!(replies[1]["timings"]["prompt_n"].as_u64().unwrap() < p2.len() as u64);
     // After /reset the same first turn gives the same greedy reply.
     assert_eq!(replies[2]["tokens"], replies[0]["tokens"]);
+}
+
+/// `edgelm bench` on the real model: every requested test is reported with positive speeds,
+/// with both cache types; nothing to measure is a usage error.
+#[test]
+fn real_bench_reports_every_test() {
+    let Some(m) = real_model() else { return };
+    for cache in ["f16", "q8_0"] {
+        let j = json_of(&run(&[
+            "bench",
+            "-m",
+            path_str(&m),
+            "-p",
+            "8,16",
+            "-n",
+            "4",
+            "-r",
+            "2",
+            "-t",
+            "2",
+            "--cache-type",
+            cache,
+            "--json",
+        ]));
+        let results = j["results"].as_array().unwrap();
+        let names: Vec<&str> = results
+            .iter()
+            .map(|r| r["test"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["pp8", "pp16", "tg4"], "{cache}");
+        for r in results {
+            assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+            assert!(r["median_ts"].as_f64().unwrap() > 0.0, "{r}");
+        }
+        assert!(j["peak_rss_bytes"].as_u64().unwrap() > 0);
+    }
+    let o = run(&["bench", "-m", path_str(&m), "-p", "0", "-n", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]
