@@ -33,19 +33,20 @@ pub(crate) fn quantize<'a>(
     if n_rows == 0 || row == 0 {
         return Ok(dst);
     }
-    // The first row checks type and lengths (the same for every row) and reports an error.
-    edgelm_kernels::quantize_activation(ty, &x[..n_cols], &mut dst[..row]).map_err(err)?;
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    pool.for_each_row_mut(&mut dst[row..], row, 4, |i, d| {
-        let xr = &x[(i + 1) * n_cols..(i + 2) * n_cols];
-        if edgelm_kernels::quantize_activation(ty, xr, d).is_err() {
-            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Every row has the same type and lengths, so an error (a wrong type) comes from all of
+    // them; the first one recorded is reported.
+    let error = std::sync::Mutex::new(None);
+    pool.for_each_row_mut(dst, row, 4, |i, d| {
+        let xr = &x[i * n_cols..(i + 1) * n_cols];
+        if let Err(e) = edgelm_kernels::quantize_activation(ty, xr, d) {
+            error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(e);
         }
     });
-    if failed.into_inner() {
-        return Err(ModelError::Overflow {
-            what: "activation quantization failed on a later row",
-        });
+    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(err(e));
     }
     Ok(dst)
 }
