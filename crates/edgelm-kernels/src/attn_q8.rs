@@ -101,17 +101,7 @@ pub(crate) fn attention_q8_0_body(
 mod tests {
     use super::*;
     use crate::quant::q8_0::quantize_row;
-
-    fn rand_vec(n: usize, scale: f32, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use crate::testutil::rand_vec;
 
     fn q8(x: &[f32]) -> Vec<u8> {
         let mut b = vec![

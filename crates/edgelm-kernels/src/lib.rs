@@ -25,6 +25,8 @@ pub mod membw;
 pub mod ops;
 pub mod quant;
 mod spin;
+#[cfg(test)]
+mod testutil;
 mod threads;
 pub mod tiled;
 

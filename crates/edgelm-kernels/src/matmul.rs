@@ -299,13 +299,7 @@ pub fn quantize_activations(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(s: &mut u64) -> u64 {
-        *s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *s >> 33
-    }
+    use crate::testutil::lcg;
 
     /// Q4_1, Q5_1 (both with Q8_1 activations) and Q8_0 weights: `matmul_many` gives each job
     /// exactly what `matmul` gives it alone, for decode and batch shapes; mixed activation

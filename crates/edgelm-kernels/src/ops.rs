@@ -389,16 +389,8 @@ pub(crate) fn attention_one_query_f16_with(
 mod tests {
     use super::*;
 
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
     fn rand_vec(n: usize, scale: f32, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n).map(|_| lcg(&mut s) * scale).collect()
+        crate::testutil::rand_vec(n, scale, &mut { seed })
     }
 
     fn rel_err(a: f64, b: f64) -> f64 {

@@ -184,17 +184,7 @@ fn vec_fill(n: usize, x: f32) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand_vec(n: usize, scale: f32, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use crate::testutil::rand_vec;
 
     /// Against softmax(q·k·scale)·v in f64, causal: the tiled online softmax is exact up to f32
     /// rounding.

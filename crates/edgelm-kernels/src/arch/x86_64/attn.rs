@@ -180,14 +180,9 @@ mod tests {
     }
 
     fn rand_f16(n: usize, scale: f32, seed: &mut u64) -> Vec<f16> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                f16::from_f32(u * scale)
-            })
+        crate::testutil::rand_vec(n, scale, seed)
+            .into_iter()
+            .map(f16::from_f32)
             .collect()
     }
 

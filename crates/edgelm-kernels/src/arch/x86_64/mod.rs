@@ -793,6 +793,7 @@ unsafe fn q4_1_q8_1_vnni(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::lcg;
     use crate::Kernels;
 
     /// Whether this CPU runs the kernels under test (says so when it does not).
@@ -804,13 +805,6 @@ mod tests {
             eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
         }
         ok
-    }
-
-    fn lcg(s: &mut u64) -> u64 {
-        *s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *s >> 33
     }
 
     /// Q5_0, Q4_K and Q6_K: random weight bytes (with sane f16 scales) against quantized random
