@@ -22,24 +22,12 @@ pub fn q8_0_row_bytes(d: usize) -> usize {
 /// `q` is the query already quantized to Q8_0 (`q8_0_row_bytes(d)` bytes); `k` and `v` hold
 /// `n_kv` rows of `q8_0_row_bytes(d)` / `q8_0_row_bytes(dv)` bytes; `acc` is an f32 scratch of
 /// `dv` values; `out` gets the `dv` results. `d` and `dv` are multiples of 32.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_one_query_q8_0(
-    table: &Kernels,
-    out: &mut [f32],
-    acc: &mut [f32],
-    q: &[u8],
-    k: &[u8],
-    v: &[u8],
-    n_kv: usize,
-    d: usize,
-    scale: f32,
-) {
-    attention_q8_0_body(table, out, acc, q, k, v, n_kv, d, scale)
-}
-
+///
+/// `#[inline(always)]`: the x86-64 table compiles this same source inside an AVX2 + FMA
+/// function (bit-identical: `mul_add` rounds once either way); the scalar table calls it as is.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_q8_0_body(
+pub fn attention_one_query_q8_0(
     table: &Kernels,
     out: &mut [f32],
     acc: &mut [f32],

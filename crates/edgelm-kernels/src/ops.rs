@@ -95,14 +95,11 @@ pub fn silu_forward(y: &mut [f32], x: &[f32]) {
 }
 
 /// SwiGLU over a row, `y[i] = silu(gate[i]) * up[i]` (llama.cpp `ggml_vec_swiglu_f32`).
-pub fn swiglu_forward(y: &mut [f32], gate: &[f32], up: &[f32]) {
-    swiglu_body(y, gate, up)
-}
-
-/// The body of [`swiglu_forward`], also compiled with AVX2 + FMA by the x86-64 table (bit-identical:
-/// `mul_add` rounds once either way).
+///
+/// `#[inline(always)]`: the x86-64 table compiles this same source inside an AVX2 + FMA
+/// function (bit-identical: `mul_add` rounds once either way); the scalar table calls it as is.
 #[inline(always)]
-pub(crate) fn swiglu_body(y: &mut [f32], gate: &[f32], up: &[f32]) {
+pub fn swiglu_forward(y: &mut [f32], gate: &[f32], up: &[f32]) {
     assert_eq!(
         y.len(),
         gate.len(),

@@ -6,8 +6,8 @@
 //! scores summed in f64 by 16-lane groups) and `V` accumulated in f32 (one fma chain per output
 //! element over the tile's positions). The output is divided by the sum at the end.
 //!
-//! The body is written once ([`attention_tiled_body`]) and compiled twice: as the scalar
-//! reference ([`attention_tiled_f16`]) and with AVX2 + FMA enabled (in `arch::x86_64`), where
+//! [`attention_tiled_f16`] is written once and compiled twice: as the scalar reference and,
+//! inlined into an AVX2 + FMA function, in `arch::x86_64`, where
 //! LLVM vectorises the independent chains; `f32::mul_add` is one rounding in both, so the two
 //! are bit-identical (tested).
 
@@ -41,25 +41,11 @@ impl TiledScratch {
 
 /// Attention of `n_q` query rows of one head (q: [n_q, d] f32) over an F16 cache
 /// (k: [n_kv, d], v: [n_kv, dv], rows in position order); query row `j` sees positions
-/// `0..first_visible + j + 1` (causal). out: [n_q, dv].
-#[allow(clippy::too_many_arguments)]
-pub fn attention_tiled_f16(
-    out: &mut [f32],
-    q: &[f32],
-    k: &[f16],
-    v: &[f16],
-    first_visible: usize,
-    d: usize,
-    scale: f32,
-    scratch: &mut TiledScratch,
-) {
-    attention_tiled_body(out, q, k, v, first_visible, d, scale, scratch)
-}
-
-/// The body shared by the scalar and the vectorised builds.
+/// `0..first_visible + j + 1` (causal). out: [n_q, dv]. `#[inline(always)]`: see the module
+/// documentation.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_tiled_body(
+pub fn attention_tiled_f16(
     out: &mut [f32],
     q: &[f32],
     k: &[f16],

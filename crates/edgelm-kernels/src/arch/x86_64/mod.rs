@@ -188,7 +188,7 @@ unsafe fn attn_q8_avx2_inner(
     d: usize,
     scale: f32,
 ) {
-    crate::attn_q8::attention_q8_0_body(table, out, acc, q, k, v, n_kv, d, scale)
+    crate::attn_q8::attention_one_query_q8_0(table, out, acc, q, k, v, n_kv, d, scale)
 }
 
 /// Table entry: SwiGLU, the reference body compiled with AVX2 + FMA.
@@ -201,7 +201,7 @@ fn swiglu_avx2(y: &mut [f32], gate: &[f32], up: &[f32]) {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn swiglu_avx2_inner(y: &mut [f32], gate: &[f32], up: &[f32]) {
-    crate::ops::swiglu_body(y, gate, up)
+    crate::ops::swiglu_forward(y, gate, up)
 }
 
 /// Table entry: tiled flash attention, the reference body compiled with AVX2 + FMA.
@@ -234,7 +234,7 @@ unsafe fn tiled_avx2_inner(
     scale: f32,
     scratch: &mut crate::tiled::TiledScratch,
 ) {
-    crate::tiled::attention_tiled_body(out, q, k, v, first_visible, d, scale, scratch)
+    crate::tiled::attention_tiled_f16(out, q, k, v, first_visible, d, scale, scratch)
 }
 
 /// Table entry: f32 → F16 row (AVX2, FMA and F16C detected by `install`).
