@@ -53,9 +53,8 @@ pub struct BenchArgs {
     /// Repetitions of each test (after one warm-up run).
     #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub repetitions: u32,
-    /// KV cache type: f16 (default) or q8_0 (47 % smaller, as llama.cpp's -ctk/-ctv q8_0).
-    #[arg(long = "cache-type", default_value = "f16", value_parser = super::parse_cache_type)]
-    pub cache_type: edgelm_model::CacheType,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -160,7 +159,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .new_state_with(
                 n_ctx,
                 n_ctx.min(edgelm_model::DEFAULT_MAX_BATCH),
-                args.cache_type,
+                args.cache.cache_type,
             )
             .context("cannot allocate the model state")?;
         let tests = prompts

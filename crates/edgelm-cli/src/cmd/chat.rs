@@ -37,9 +37,8 @@ pub struct ChatArgs {
     pub stop: Vec<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// KV cache type: f16 (default) or q8_0 (47 % smaller, as llama.cpp's -ctk/-ctv q8_0).
-    #[arg(long = "cache-type", default_value = "f16", value_parser = super::parse_cache_type)]
-    pub cache_type: edgelm_model::CacheType,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -61,7 +60,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         pool,
         args.ctx_size as usize,
         sampler,
-        args.cache_type,
+        args.cache.cache_type,
     )?;
     let opts = GenerateOptions {
         max_tokens: args.n_predict,

@@ -31,9 +31,8 @@ pub struct InfoArgs {
     /// Context size for the memory estimate.
     #[arg(short = 'c', long = "ctx-size", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub ctx_size: u32,
-    /// KV cache type for the memory estimate: f16 (default) or q8_0.
-    #[arg(long = "cache-type", default_value = "f16", value_parser = super::parse_cache_type)]
-    pub cache_type: edgelm_model::CacheType,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -42,7 +41,8 @@ pub struct InfoArgs {
 pub fn run(args: &InfoArgs) -> Result<()> {
     let (path, file) = super::open_gguf(args.model.as_deref())?;
     let n_ctx = args.ctx_size as usize;
-    let memory = Model::load(file.clone()).map(|m| m.memory_estimate_with(n_ctx, args.cache_type));
+    let memory =
+        Model::load(file.clone()).map(|m| m.memory_estimate_with(n_ctx, args.cache.cache_type));
     let tensors = file.tensors();
     let n_params: u64 = tensors.iter().map(|t| t.n_elements()).sum();
     let tensor_bytes: u64 = tensors.iter().map(|t| t.n_bytes).sum();

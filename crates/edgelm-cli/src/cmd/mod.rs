@@ -47,9 +47,12 @@ impl GlobalArgs {
     }
 }
 
-/// Parses `--cache-type` (f16 or q8_0).
-pub fn parse_cache_type(s: &str) -> std::result::Result<edgelm_model::CacheType, String> {
-    s.parse()
+/// The KV cache flag shared by run, chat, perplexity, bench and info.
+#[derive(Debug, Clone, Args)]
+pub struct CacheArgs {
+    /// KV cache type: f16 (default) or q8_0 (47 % smaller, as llama.cpp's -ctk/-ctv q8_0).
+    #[arg(long = "cache-type", default_value = "f16")]
+    pub cache_type: edgelm_model::CacheType,
 }
 
 /// Sampling flags shared by `run` and `chat` (defaults are llama.cpp's).

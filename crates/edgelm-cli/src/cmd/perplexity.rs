@@ -32,9 +32,8 @@ pub struct PerplexityArgs {
     /// Tokens per forward pass.
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
-    /// KV cache type: f16 (default) or q8_0 (47 % smaller, as llama.cpp's -ctk/-ctv q8_0).
-    #[arg(long = "cache-type", default_value = "f16", value_parser = super::parse_cache_type)]
-    pub cache_type: edgelm_model::CacheType,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -60,7 +59,7 @@ pub fn run(args: &PerplexityArgs) -> Result<()> {
         n_chunks: args.chunks.map(|n| n as usize),
         n_batch: args.batch_size as usize,
         bos: if tok.add_bos() { tok.bos() } else { None },
-        cache_type: args.cache_type,
+        cache_type: args.cache.cache_type,
     };
     let show_progress = !args.global.quiet && !args.global.json;
     let result = perplexity(&model, &pool, &tokens, &opts, |p| {

@@ -53,9 +53,8 @@ pub struct RunArgs {
     pub context_shift: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// KV cache type: f16 (default) or q8_0 (47 % smaller, as llama.cpp's -ctk/-ctv q8_0).
-    #[arg(long = "cache-type", default_value = "f16", value_parser = super::parse_cache_type)]
-    pub cache_type: edgelm_model::CacheType,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -123,7 +122,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         pool,
         args.ctx_size as usize,
         sampler,
-        args.cache_type,
+        args.cache.cache_type,
     )?;
     let opts = GenerateOptions {
         max_tokens: args.n_predict,
