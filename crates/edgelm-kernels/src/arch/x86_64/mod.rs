@@ -40,11 +40,6 @@ pub(crate) fn install(k: &mut Kernels) {
                 row.vec_dot4 = Some(vec_dot4_q4_1_q8_1);
                 row.vec_dot2x4 = Some(vec_dot2x4_q4_1_q8_1);
             }
-            _ => {}
-        }
-    }
-    for row in k.rows.iter_mut() {
-        match row.ty {
             GgmlType::Q5_0 => {
                 row.vec_dot = Some(vec_dot_q5_0_q8_0);
                 row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0);
