@@ -15,6 +15,8 @@ pub(crate) type VecDotFn = fn(usize, &[u8], &[u8]) -> f32;
 pub(crate) type VecDot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 /// Two weight rows against four activation rows; each result bit-identical to [`VecDotFn`]'s.
 pub(crate) type VecDot2x4Fn = fn(usize, [&[u8]; 2], [&[u8]; 4]) -> [[f32; 4]; 2];
+/// Four weight rows against four activation rows; each result bit-identical to [`VecDotFn`]'s.
+pub(crate) type VecDot4x4Fn = fn(usize, [&[u8]; 4], [&[u8]; 4]) -> [[f32; 4]; 4];
 /// [`VecDotFn`] with the activation's per-block scales given as f32 (the f16 `d` field of each
 /// activation block, converted); bit-identical to [`VecDotFn`]'s result.
 pub(crate) type VecDotPreFn = fn(usize, &[u8], &[u8], &[f32]) -> f32;
@@ -33,6 +35,8 @@ pub(crate) struct KernelRow {
     pub(crate) vec_dot4: Option<VecDot4Fn>,
     /// A two-weight-row, four-activation-row form, where a SIMD table has one.
     pub(crate) vec_dot2x4: Option<VecDot2x4Fn>,
+    /// A four-weight-row, four-activation-row form, where a SIMD table has one.
+    pub(crate) vec_dot4x4: Option<VecDot4x4Fn>,
     /// `vec_dot` with the activation's block scales already in f32 (decode), where a SIMD table
     /// has one.
     pub(crate) vec_dot_pre: Option<VecDotPreFn>,
@@ -103,6 +107,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| f32::vec_dot(w, a)),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: Some(f32::quantize_row),
         },
@@ -113,6 +118,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| f16::vec_dot(w, a)),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: Some(f16::quantize_row),
         },
@@ -123,6 +129,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| bf16::vec_dot(w, a)),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: Some(bf16::quantize_row),
         },
@@ -133,6 +140,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q4_0::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: None,
         },
@@ -143,6 +151,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q4_1::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: None,
         },
@@ -153,6 +162,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q5_0::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: None,
         },
@@ -163,6 +173,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q5_1::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: None,
         },
@@ -173,6 +184,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q8_0::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: Some(|x, d| q8_0::quantize_row(x, blocks_mut(d))),
         },
@@ -183,6 +195,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: None,
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: Some(|x, d| q8_1::quantize_row(x, blocks_mut(d))),
         },
@@ -193,6 +206,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q2_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: None,
         },
@@ -203,6 +217,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q3_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: None,
         },
@@ -213,6 +228,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q4_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: None,
         },
@@ -223,6 +239,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q5_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: None,
         },
@@ -233,6 +250,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: Some(|_, w, a| q6_k::vec_dot(blocks(w), blocks(a))),
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: None,
         },
@@ -243,6 +261,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot: None,
             vec_dot4: None,
             vec_dot2x4: None,
+            vec_dot4x4: None,
             vec_dot_pre: None,
             quantize: Some(|x, d| q8_k::quantize_row(x, blocks_mut(d))),
         },

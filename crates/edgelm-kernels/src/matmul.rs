@@ -71,6 +71,7 @@ struct Prepared<'a> {
     dot: crate::dispatch::VecDotFn,
     dot4: Option<crate::dispatch::VecDot4Fn>,
     dot2x4: Option<crate::dispatch::VecDot2x4Fn>,
+    dot4x4: Option<crate::dispatch::VecDot4x4Fn>,
     dot_pre: Option<crate::dispatch::VecDotPreFn>,
     act_block_bytes: usize,
     w: &'a [u8],
@@ -144,6 +145,7 @@ pub fn matmul_many(
             dot,
             dot4: row.vec_dot4,
             dot2x4: row.vec_dot2x4,
+            dot4x4: row.vec_dot4x4,
             dot_pre: row.vec_dot_pre,
             act_block_bytes: act_ty.type_size(),
             w: job.w,
@@ -185,7 +187,7 @@ fn run_rows(
     n_cols: usize,
     n_tokens: usize,
 ) {
-    let (dot, dot4, dot2x4, dot_pre) = (p.dot, p.dot4, p.dot2x4, p.dot_pre);
+    let (dot, dot4, dot2x4, dot4x4, dot_pre) = (p.dot, p.dot4, p.dot2x4, p.dot4x4, p.dot_pre);
     let (w, w_row, n_rows, act_block_bytes) = (p.w, p.w_row, p.n_rows, p.act_block_bytes);
     let out_ptr = p.out_ptr;
     let put = |t: usize, r: usize, v: f32| {
@@ -199,6 +201,32 @@ fn run_rows(
     for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
         let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
         let mut r = rows.start;
+        if let Some(dot4x4) = dot4x4 {
+            while r + 4 <= rows.end && t1 - t0 >= 4 {
+                let w4: [&[u8]; 4] =
+                    std::array::from_fn(|i| &w[(r + i) * w_row..(r + i + 1) * w_row]);
+                let mut t = t0;
+                while t + 4 <= t1 {
+                    let v = dot4x4(
+                        n_cols,
+                        w4,
+                        [act_row(t), act_row(t + 1), act_row(t + 2), act_row(t + 3)],
+                    );
+                    for (i, vi) in v.into_iter().enumerate() {
+                        for (j, vj) in vi.into_iter().enumerate() {
+                            put(t + j, r + i, vj);
+                        }
+                    }
+                    t += 4;
+                }
+                for t in t..t1 {
+                    for (i, w_i) in w4.iter().enumerate() {
+                        put(t, r + i, dot(n_cols, w_i, act_row(t)));
+                    }
+                }
+                r += 4;
+            }
+        }
         if let Some(dot2x4) = dot2x4 {
             while r + 2 <= rows.end && t1 - t0 >= 4 {
                 let w2 = [

@@ -22,6 +22,12 @@ pub const KV_TILE: usize = 64;
 /// least this many tokens.
 pub const Q_TILE: usize = 64;
 
+/// Score lanes accumulated at once (a quarter of the 32 vector registers at 8 lanes each).
+const SCORE_LANES: usize = 32;
+
+/// Output columns accumulated at once.
+const OUT_LANES: usize = 32;
+
 /// Scratch for one task of [`attention_tiled_f16`]: a K tile transposed to f32, a V tile in f32,
 /// and one row of scores.
 pub struct TiledScratch {
@@ -103,12 +109,18 @@ pub fn attention_tiled_f16(
             }
             let qj = &q[j * d..(j + 1) * d];
             // scores[tk] = fma chain over dk, then scale; masked or padded: -inf.
-            scores.fill(0.0);
-            for (dk, &qv) in qj.iter().enumerate() {
-                let krow = &kt[dk * KV_TILE..(dk + 1) * KV_TILE];
-                for (sc, &kv) in scores.iter_mut().zip(krow) {
-                    *sc = kv.mul_add(qv, *sc);
+            // Two halves of 32 lanes, each accumulated in a local array that the compiler
+            // keeps in registers across the whole dk loop (the chains are unchanged).
+            for (half, sc_half) in scores.chunks_exact_mut(SCORE_LANES).enumerate() {
+                let mut acc = [0.0f32; SCORE_LANES];
+                for (dk, &qv) in qj.iter().enumerate() {
+                    let base = dk * KV_TILE + half * SCORE_LANES;
+                    let krow = &kt[base..base + SCORE_LANES];
+                    for (a, &kv) in acc.iter_mut().zip(krow) {
+                        *a = kv.mul_add(qv, *a);
+                    }
                 }
+                sc_half.copy_from_slice(&acc);
             }
             let visible = (n_vis - ic).min(KV_TILE);
             for (tk, sc) in scores.iter_mut().enumerate() {
@@ -145,9 +157,24 @@ pub fn attention_tiled_f16(
             }
             s[j] = (s[j] as f64 + sum) as f32;
             // out[j][dv] += sum over tk of p[tk] * v[tk][dv]: one fma chain per element.
+            // Output columns in groups of OUT_LANES held in a local array (registers) over the
+            // tile's positions; the remainder column by column. Same chains either way.
+            let mut c0 = 0;
+            while c0 + OUT_LANES <= dv {
+                let mut acc = [0.0f32; OUT_LANES];
+                acc.copy_from_slice(&oj[c0..c0 + OUT_LANES]);
+                for (tk, &p) in scores.iter().enumerate().take(tile) {
+                    let base = tk * dv + c0;
+                    for (a, &vv) in acc.iter_mut().zip(&v32[base..base + OUT_LANES]) {
+                        *a = vv.mul_add(p, *a);
+                    }
+                }
+                oj[c0..c0 + OUT_LANES].copy_from_slice(&acc);
+                c0 += OUT_LANES;
+            }
             for (tk, &p) in scores.iter().enumerate().take(tile) {
-                let vrow = &v32[tk * dv..(tk + 1) * dv];
-                for (o, &vv) in oj.iter_mut().zip(vrow) {
+                let vrow = &v32[tk * dv + c0..(tk + 1) * dv];
+                for (o, &vv) in oj[c0..].iter_mut().zip(vrow) {
                     *o = vv.mul_add(p, *o);
                 }
             }

@@ -69,10 +69,12 @@ pub(crate) fn install(k: &mut Kernels) {
                     row.vec_dot = Some(vec_dot_q8_0_q8_0_vnni);
                     row.vec_dot4 = Some(vec_dot4_q8_0_q8_0_vnni);
                     row.vec_dot2x4 = Some(vec_dot2x4_q8_0_q8_0_vnni);
+                    row.vec_dot4x4 = Some(vec_dot4x4_q8_0_q8_0_vnni);
                     row.vec_dot_pre = Some(vec_dot_pre_q8_0_vnni);
                 }
                 GgmlType::Q5_0 => {
                     row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0_vnni);
+                    row.vec_dot4x4 = Some(vec_dot4x4_q5_0_q8_0_vnni);
                     row.vec_dot_pre = Some(vec_dot_pre_q5_0_vnni);
                 }
                 GgmlType::Q4_1 => {
@@ -688,6 +690,134 @@ i8w_2x4_entry!(
     "avx2,fma,f16c,avx512vnni,avx512vl"
 );
 
+/// A Q8_0 weight block as signed bytes and its raw F16 scale.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_q8_0_bits(b: &BlockQ8_0) -> (__m256i, u16) {
+    // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+    (
+        unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) },
+        u16::from_le_bytes(b.d),
+    )
+}
+
+/// A Q5_0 weight block as signed bytes and its raw F16 scale.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_q5_0_bits(b: &BlockQ5_0) -> (__m256i, u16) {
+    let qx = kquants::bytes_from_nibbles_32(&b.qs);
+    let hi = _mm256_andnot_si256(
+        kquants::bytes_from_bits_32(b.qh),
+        _mm256_set1_epi8(0xF0u8 as i8),
+    );
+    (_mm256_or_si256(qx, hi), u16::from_le_bytes(b.d))
+}
+
+/// Four F16 values as four f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16x4(d: [u16; 4]) -> __m128 {
+    let bits = d[0] as u64 | (d[1] as u64) << 16 | (d[2] as u64) << 32 | (d[3] as u64) << 48;
+    _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
+}
+
+/// Four weight rows of signed-byte blocks (Q8_0, Q5_0) against four Q8_0 activation rows
+/// (tinyBLAS's 4×N tile), each result exactly as the single-row kernel computes it: the four
+/// products `d_w[r] * d_a` of a token are one 4-lane multiply (the same roundings as the scalar
+/// products), then |x| and x's sign moved onto y, one lane-sum, one 8-lane FMA per block and
+/// `hsum_float_8`. It needs 16 accumulators and the weight rows live at once, so it is only
+/// built with AVX-512VL's 32 vector registers.
+macro_rules! i8w_4x4_body {
+    ($xs:expr, $ys:expr, $unpack:ident) => {{
+        let [x0, x1, x2, x3] = $xs;
+        let [y0, y1, y2, y3] = $ys;
+        let n = x0.len();
+        assert!(
+            [
+                x1.len(),
+                x2.len(),
+                x3.len(),
+                y0.len(),
+                y1.len(),
+                y2.len(),
+                y3.len()
+            ]
+            .iter()
+            .all(|&l| l == n),
+            "vec_dot4x4: block counts differ"
+        );
+        let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+        for ib in 0..n {
+            let (q0, d0) = $unpack(&x0[ib]);
+            let (q1, d1) = $unpack(&x1[ib]);
+            let (q2, d2) = $unpack(&x2[ib]);
+            let (q3, d3) = $unpack(&x3[ib]);
+            let dw = f16x4([d0, d1, d2, d3]);
+            let qx = [q0, q1, q2, q3];
+            let ax = qx.map(|q| _mm256_sign_epi8(q, q));
+            for (j, yb) in [&y0[ib], &y1[ib], &y2[ib], &y3[ib]].into_iter().enumerate() {
+                let dj = _mm_mul_ps(dw, _mm_set1_ps(f16c(yb.d)));
+                let dj = _mm256_set_m128(dj, dj);
+                // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+                let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+                macro_rules! lane {
+                    ($r:literal, $imm:literal) => {
+                        let d = _mm256_shuffle_ps::<$imm>(dj, dj);
+                        let sy = _mm256_sign_epi8(qy, qx[$r]);
+                        let sum = mul_sum_us8_pairs_float_vnni(ax[$r], sy);
+                        acc[$r][j] = _mm256_fmadd_ps(d, sum, acc[$r][j]);
+                    };
+                }
+                lane!(0, 0x00);
+                lane!(1, 0x55);
+                lane!(2, 0xAA);
+                lane!(3, 0xFF);
+            }
+        }
+        let mut out = [[0.0f32; 4]; 4];
+        for r in 0..4 {
+            for j in 0..4 {
+                out[r][j] = hsum_float_8(acc[r][j]);
+            }
+        }
+        out
+    }};
+}
+
+macro_rules! i8w_4x4_entry {
+    ($name:ident, $inner:ident, $wb:ty, $unpack:ident) => {
+        /// Table entry: four weight rows × four Q8_0 activation rows (AVX2, FMA, F16C,
+        /// AVX-512 VNNI and VL detected by `install`).
+        fn $name(_n: usize, w: [&[u8]; 4], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
+            let xs: [&[$wb]; 4] = w.map(|r| blocks(r));
+            let ys = blocks4::<BlockQ8_0>(a, xs[0].len());
+            // SAFETY: `install` put this function in the table only after detecting the
+            // features `$inner` is compiled for.
+            unsafe { $inner(xs, ys) }
+        }
+
+        /// # Safety
+        /// The CPU must support the enabled features.
+        #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+        unsafe fn $inner(xs: [&[$wb]; 4], ys: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+            i8w_4x4_body!(xs, ys, $unpack)
+        }
+    };
+}
+
+i8w_4x4_entry!(
+    vec_dot4x4_q8_0_q8_0_vnni,
+    q8_0_4x4_vnni,
+    BlockQ8_0,
+    unpack_q8_0_bits
+);
+i8w_4x4_entry!(
+    vec_dot4x4_q5_0_q8_0_vnni,
+    q5_0_4x4_vnni,
+    BlockQ5_0,
+    unpack_q5_0_bits
+);
+
 /// Splits four activation rows into blocks, each as long as `n_blocks`.
 fn blocks4<B: bytemuck::Pod>(a: [&[u8]; 4], n_blocks: usize) -> [&[B]; 4] {
     let ys = a.map(|r| blocks::<B>(r));
@@ -953,6 +1083,69 @@ mod tests {
                                 "{ty} case {case} {r} {j}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q8_0 and Q5_0 4x4 tiles (VNNI) equal the table's single-row kernel bit for bit,
+    /// including weights of -128 and activations of ±127.
+    #[test]
+    fn signed_byte_4x4_tiles_match_single_dots() {
+        if !simd_available() || !vnni() {
+            eprintln!("skipped: no AVX-512 VNNI");
+            return;
+        }
+        let scalar = Kernels::scalar();
+        let mut s = 23u64;
+        for case in 0..60usize {
+            let n = 32 * (1 + case % 9);
+            for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+                let ts = ty.type_size();
+                let nb = n / 32;
+                let mut w: Vec<u8> = (0..4 * nb * ts).map(|_| lcg(&mut s) as u8).collect();
+                for (i, b) in w.chunks_exact_mut(ts).enumerate() {
+                    let v = (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 0.05;
+                    b[0..2].copy_from_slice(&crate::f32_to_f16(v).to_le_bytes());
+                    if ty == GgmlType::Q8_0 && i % 3 == 0 {
+                        b[2] = 0x80; // -128
+                    }
+                }
+                let wr: Vec<&[u8]> = w.chunks_exact(nb * ts).collect();
+                let rb = crate::row_bytes(GgmlType::Q8_0, n).expect("bytes");
+                let mut a = vec![0u8; 4 * rb];
+                for j in 0..4 {
+                    let x: Vec<f32> = (0..n)
+                        .map(|i| {
+                            if i % 7 == 0 {
+                                10.0 // the block maximum: quantizes to ±127
+                            } else {
+                                (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 3.0
+                            }
+                        })
+                        .collect();
+                    scalar
+                        .quantize_activation(GgmlType::Q8_0, &x, &mut a[j * rb..(j + 1) * rb])
+                        .expect("quantize");
+                }
+                let rows: [&[u8]; 4] = std::array::from_fn(|j| &a[j * rb..(j + 1) * rb]);
+                let (f, one): (crate::dispatch::VecDot4x4Fn, crate::dispatch::VecDotFn) = match ty {
+                    GgmlType::Q8_0 => (vec_dot4x4_q8_0_q8_0_vnni, vec_dot_q8_0_q8_0),
+                    _ => (vec_dot4x4_q5_0_q8_0_vnni, vec_dot_q5_0_q8_0),
+                };
+                let got = f(n, [wr[0], wr[1], wr[2], wr[3]], rows);
+                for (r, w_r) in wr.iter().enumerate() {
+                    for (j, a_j) in rows.iter().enumerate() {
+                        let want = one(n, w_r, a_j);
+                        let reference = scalar.vec_dot(ty, n, w_r, a_j).expect("scalar");
+                        assert_eq!(
+                            got[r][j].to_bits(),
+                            want.to_bits(),
+                            "{ty} case {case} {r} {j}"
+                        );
+                        let tol = 1e-4 * (1.0 + reference.abs());
+                        assert!((got[r][j] - reference).abs() <= tol, "{ty}: vs scalar");
                     }
                 }
             }
