@@ -17,8 +17,9 @@ pub(crate) type VecDot4Fn = fn(usize, &[u8], [&[u8]; 4]) -> [f32; 4];
 pub(crate) type VecDot2x4Fn = fn(usize, [&[u8]; 2], [&[u8]; 4]) -> [[f32; 4]; 2];
 /// Four weight rows against four activation rows; each result bit-identical to [`VecDotFn`]'s.
 pub(crate) type VecDot4x4Fn = fn(usize, [&[u8]; 4], [&[u8]; 4]) -> [[f32; 4]; 4];
-/// [`VecDotFn`] with the activation's per-block scales given as f32 (the f16 `d` field of each
-/// activation block, converted); bit-identical to [`VecDotFn`]'s result.
+/// [`VecDotFn`] with the activation's per-block scale fields given as f32 (`d` of each Q8_0
+/// block; `d` then `s` of each Q8_1 block), converted once for every weight row; bit-identical to
+/// [`VecDotFn`]'s result.
 pub(crate) type VecDotPreFn = fn(usize, &[u8], &[u8], &[f32]) -> f32;
 /// Quantizes `x` into `dst` (exactly `row_bytes(ty, x.len())` bytes).
 pub(crate) type QuantizeFn = fn(&[f32], &mut [u8]);

@@ -74,6 +74,8 @@ struct Prepared<'a> {
     dot4x4: Option<crate::dispatch::VecDot4x4Fn>,
     dot_pre: Option<crate::dispatch::VecDotPreFn>,
     act_block_bytes: usize,
+    /// F16 scale fields leading each activation block (what `dot_pre` takes converted).
+    act_scale_fields: usize,
     w: &'a [u8],
     w_row: usize,
     n_rows: usize,
@@ -148,6 +150,10 @@ pub fn matmul_many(
             dot4x4: row.vec_dot4x4,
             dot_pre: row.vec_dot_pre,
             act_block_bytes: act_ty.type_size(),
+            act_scale_fields: match act_ty {
+                GgmlType::Q8_1 => 2,
+                _ => 1,
+            },
             w: job.w,
             w_row,
             n_rows: job.n_rows,
@@ -257,17 +263,25 @@ fn run_rows(
         }
         // Decode shape (one token, Q8_0 activations): the activation's block scales are
         // converted to f32 once for all of this task's rows.
+        // Q8_1 blocks lead with two F16 fields (d, s), Q8_0 blocks with one (d).
         if let (Some(dot_pre), true) = (dot_pre, t1 - t0 == 1) {
             let a = act_row(t0);
             let n_blocks = a.len() / act_block_bytes;
-            if n_blocks <= MAX_PREPARED_BLOCKS {
-                let mut scales = [0.0f32; MAX_PREPARED_BLOCKS];
-                for (sc, b) in scales.iter_mut().zip(a.chunks_exact(act_block_bytes)) {
-                    *sc = crate::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            let fields = p.act_scale_fields;
+            if n_blocks <= MAX_PREPARED_BLOCKS && (1..=2).contains(&fields) {
+                let mut scales = [0.0f32; 2 * MAX_PREPARED_BLOCKS];
+                for (sc, b) in scales
+                    .chunks_exact_mut(fields)
+                    .zip(a.chunks_exact(act_block_bytes))
+                {
+                    for (f, s) in sc.iter_mut().enumerate() {
+                        *s = crate::f16_to_f32(u16::from_le_bytes([b[2 * f], b[2 * f + 1]]));
+                    }
                 }
+                let scales = &scales[..fields * n_blocks];
                 for r in r..rows.end {
                     let w_r = &w[r * w_row..(r + 1) * w_row];
-                    put(t0, r, dot_pre(n_cols, w_r, a, &scales[..n_blocks]));
+                    put(t0, r, dot_pre(n_cols, w_r, a, scales));
                 }
                 continue;
             }

@@ -39,6 +39,7 @@ pub(crate) fn install(k: &mut Kernels) {
                 row.vec_dot = Some(vec_dot_q4_1_q8_1);
                 row.vec_dot4 = Some(vec_dot4_q4_1_q8_1);
                 row.vec_dot2x4 = Some(vec_dot2x4_q4_1_q8_1);
+                row.vec_dot_pre = Some(vec_dot_pre_q4_1);
             }
             GgmlType::Q5_0 => {
                 row.vec_dot = Some(vec_dot_q5_0_q8_0);
@@ -81,6 +82,7 @@ pub(crate) fn install(k: &mut Kernels) {
                     row.vec_dot = Some(vec_dot_q4_1_q8_1_vnni);
                     row.vec_dot4 = Some(vec_dot4_q4_1_q8_1_vnni);
                     row.vec_dot2x4 = Some(vec_dot2x4_q4_1_q8_1_vnni);
+                    row.vec_dot_pre = Some(vec_dot_pre_q4_1_vnni);
                 }
                 _ => {}
             }
@@ -440,6 +442,68 @@ macro_rules! q4_1_q8_1_body {
         hsum_float_8(acc) + _mm_cvtss_f32(_mm_movehdup_ps(summs))
     }};
 }
+
+/// [`q4_1_q8_1_body`] with the activation's `d` and `s` given as f32 pairs (`ads`, converted
+/// once per matmul for every weight row): the same lanes, roundings and order.
+macro_rules! q4_1_q8_1_pre_body {
+    ($x:expr, $y:expr, $ads:expr, $mul_sum:ident) => {{
+        let mut acc = _mm256_setzero_ps();
+        let mut summs = _mm_setzero_ps();
+        let low_mask = _mm256_set1_epi8(0x0F);
+        for ((xb, yb), ds) in $x.iter().zip($y).zip($ads.chunks_exact(2)) {
+            let xdm = f16c_pair([xb.d[0], xb.d[1], xb.m[0], xb.m[1]]);
+            // Lanes 0, 1 = d, s; 2, 3 = 0, as the F16 conversion of the pair gives.
+            let yds = _mm_setr_ps(ds[0], ds[1], 0.0, 0.0);
+            summs = _mm_fmadd_ps(xdm, yds, summs);
+            let d0d1 = _mm256_broadcastss_ps(_mm_mul_ss(xdm, yds));
+            // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
+            let tmp = unsafe { _mm_loadu_si128(xb.qs.as_ptr().cast()) };
+            let qx = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
+            // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+            let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+            let xy = $mul_sum(qx, qy);
+            acc = _mm256_fmadd_ps(d0d1, xy, acc);
+        }
+        hsum_float_8(acc) + _mm_cvtss_f32(_mm_movehdup_ps(summs))
+    }};
+}
+
+macro_rules! q4_1_pre_entry {
+    ($name:ident, $inner:ident, $mul_sum:ident, $features:literal) => {
+        /// Table entry: Q4_1 × Q8_1 with prepared activation scales (`d`, `s` per block;
+        /// features detected by `install`).
+        fn $name(_n: usize, w: &[u8], a: &[u8], ads: &[f32]) -> f32 {
+            let (x, y): (&[BlockQ4_1], &[BlockQ8_1]) = (blocks(w), blocks(a));
+            assert!(
+                x.len() == y.len() && 2 * y.len() == ads.len(),
+                "vec_dot_pre: lengths differ"
+            );
+            // SAFETY: `install` put this function in the table only after detecting the
+            // features `$inner` is compiled for.
+            unsafe { $inner(x, y, ads) }
+        }
+
+        /// # Safety
+        /// The CPU must support the enabled features; `x`, `y` of equal length, `ads` twice it.
+        #[target_feature(enable = $features)]
+        unsafe fn $inner(x: &[BlockQ4_1], y: &[BlockQ8_1], ads: &[f32]) -> f32 {
+            q4_1_q8_1_pre_body!(x, y, ads, $mul_sum)
+        }
+    };
+}
+
+q4_1_pre_entry!(
+    vec_dot_pre_q4_1,
+    q4_1_pre_avx2,
+    mul_sum_us8_pairs_float,
+    "avx2,fma,f16c"
+);
+q4_1_pre_entry!(
+    vec_dot_pre_q4_1_vnni,
+    q4_1_pre_vnni,
+    mul_sum_us8_pairs_float_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl"
+);
 
 /// One weight row against four activation rows: each result is computed exactly as the
 /// single-row body computes it (its own lane accumulator and scalar sum, blocks in order), with
@@ -1316,6 +1380,29 @@ mod tests {
                             f(n, &w, &a, &ad).to_bits(),
                             one.to_bits(),
                             "case {case} pre"
+                        );
+                    }
+                }
+                if ty == GgmlType::Q4_1 {
+                    let ads: Vec<f32> = a
+                        .chunks_exact(36)
+                        .flat_map(|b| {
+                            [
+                                crate::f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+                                crate::f16_to_f32(u16::from_le_bytes([b[2], b[3]])),
+                            ]
+                        })
+                        .collect();
+                    let mut fs: Vec<crate::dispatch::VecDotPreFn> = vec![vec_dot_pre_q4_1];
+                    if vnni() {
+                        fs.push(vec_dot_pre_q4_1_vnni);
+                    }
+                    for f in fs {
+                        let one = vec_dot_q4_1_q8_1(n, &w, &a);
+                        assert_eq!(
+                            f(n, &w, &a, &ads).to_bits(),
+                            one.to_bits(),
+                            "case {case} q4_1 pre"
                         );
                     }
                 }
