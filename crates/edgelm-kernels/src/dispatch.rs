@@ -21,6 +21,9 @@ pub(crate) type VecDot4x4Fn = fn(usize, [&[u8]; 4], [&[u8]; 4]) -> [[f32; 4]; 4]
 /// block; `d` then `s` of each Q8_1 block), converted once for every weight row; bit-identical to
 /// [`VecDotFn`]'s result.
 pub(crate) type VecDotPreFn = fn(usize, &[u8], &[u8], &[f32]) -> f32;
+/// [`VecDotPreFn`] over `out.len()` consecutive weight rows (`w`), one result per row; each
+/// bit-identical to [`VecDotPreFn`]'s.
+pub(crate) type VecDotPreRowsFn = fn(usize, &[u8], &[u8], &[f32], &mut [f32]);
 /// Quantizes `x` into `dst` (exactly `row_bytes(ty, x.len())` bytes).
 pub(crate) type QuantizeFn = fn(&[f32], &mut [u8]);
 
@@ -41,6 +44,8 @@ pub(crate) struct KernelRow {
     /// `vec_dot` with the activation's block scales already in f32 (decode), where a SIMD table
     /// has one.
     pub(crate) vec_dot_pre: Option<VecDotPreFn>,
+    /// `vec_dot_pre` over a run of rows in one call (decode), where a SIMD table has one.
+    pub(crate) vec_dot_pre_rows: Option<VecDotPreRowsFn>,
     /// The type's `from_float`; `None` for weight-only types.
     pub(crate) quantize: Option<QuantizeFn>,
 }
@@ -110,6 +115,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: Some(f32::quantize_row),
         },
         KernelRow {
@@ -121,6 +127,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: Some(f16::quantize_row),
         },
         KernelRow {
@@ -132,6 +139,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: Some(bf16::quantize_row),
         },
         KernelRow {
@@ -143,6 +151,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: None,
         },
         KernelRow {
@@ -154,6 +163,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: None,
         },
         KernelRow {
@@ -165,6 +175,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: None,
         },
         KernelRow {
@@ -176,6 +187,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: None,
         },
         KernelRow {
@@ -187,6 +199,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: Some(|x, d| q8_0::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -198,6 +211,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: Some(|x, d| q8_1::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -209,6 +223,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: None,
         },
         KernelRow {
@@ -220,6 +235,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: None,
         },
         KernelRow {
@@ -231,6 +247,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: None,
         },
         KernelRow {
@@ -242,6 +259,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: None,
         },
         KernelRow {
@@ -253,6 +271,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: None,
         },
         KernelRow {
@@ -264,6 +283,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot2x4: None,
             vec_dot4x4: None,
             vec_dot_pre: None,
+            vec_dot_pre_rows: None,
             quantize: Some(|x, d| q8_k::quantize_row(x, blocks_mut(d))),
         },
     ]

@@ -73,6 +73,7 @@ struct Prepared<'a> {
     dot2x4: Option<crate::dispatch::VecDot2x4Fn>,
     dot4x4: Option<crate::dispatch::VecDot4x4Fn>,
     dot_pre: Option<crate::dispatch::VecDotPreFn>,
+    dot_pre_rows: Option<crate::dispatch::VecDotPreRowsFn>,
     act_block_bytes: usize,
     /// F16 scale fields leading each activation block (what `dot_pre` takes converted).
     act_scale_fields: usize,
@@ -149,6 +150,7 @@ pub fn matmul_many(
             dot2x4: row.vec_dot2x4,
             dot4x4: row.vec_dot4x4,
             dot_pre: row.vec_dot_pre,
+            dot_pre_rows: row.vec_dot_pre_rows,
             act_block_bytes: act_ty.type_size(),
             act_scale_fields: match act_ty {
                 GgmlType::Q8_1 => 2,
@@ -279,6 +281,17 @@ fn run_rows(
                     }
                 }
                 let scales = &scales[..fields * n_blocks];
+                if let Some(dot_pre_rows) = p.dot_pre_rows {
+                    let n = rows.end - r;
+                    // SAFETY: t0 < n_tokens and r + n <= n_rows, so the n elements from
+                    // t0 * n_rows + r lie inside `out`; rows r.. belong to this task alone, and
+                    // `out` stays mutably borrowed until for_each_chunk returns.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.0.add(t0 * n_rows + r), n)
+                    };
+                    dot_pre_rows(n_cols, &w[r * w_row..rows.end * w_row], a, scales, o);
+                    continue;
+                }
                 for r in r..rows.end {
                     let w_r = &w[r * w_row..(r + 1) * w_row];
                     put(t0, r, dot_pre(n_cols, w_r, a, scales));

@@ -34,17 +34,20 @@ pub(crate) fn install(k: &mut Kernels) {
                 row.vec_dot4 = Some(vec_dot4_q8_0_q8_0);
                 row.vec_dot2x4 = Some(vec_dot2x4_q8_0_q8_0);
                 row.vec_dot_pre = Some(vec_dot_pre_q8_0);
+                row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q8_0);
             }
             GgmlType::Q4_1 => {
                 row.vec_dot = Some(vec_dot_q4_1_q8_1);
                 row.vec_dot4 = Some(vec_dot4_q4_1_q8_1);
                 row.vec_dot2x4 = Some(vec_dot2x4_q4_1_q8_1);
                 row.vec_dot_pre = Some(vec_dot_pre_q4_1);
+                row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q4_1);
             }
             GgmlType::Q5_0 => {
                 row.vec_dot = Some(vec_dot_q5_0_q8_0);
                 row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0);
                 row.vec_dot_pre = Some(vec_dot_pre_q5_0);
+                row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q5_0);
             }
             GgmlType::Q4_K => {
                 row.vec_dot = Some(vec_dot_q4_k_q8_k);
@@ -72,17 +75,20 @@ pub(crate) fn install(k: &mut Kernels) {
                     row.vec_dot2x4 = Some(vec_dot2x4_q8_0_q8_0_vnni);
                     row.vec_dot4x4 = Some(vec_dot4x4_q8_0_q8_0_vnni);
                     row.vec_dot_pre = Some(vec_dot_pre_q8_0_vnni);
+                    row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q8_0_vnni);
                 }
                 GgmlType::Q5_0 => {
                     row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0_vnni);
                     row.vec_dot4x4 = Some(vec_dot4x4_q5_0_q8_0_vnni);
                     row.vec_dot_pre = Some(vec_dot_pre_q5_0_vnni);
+                    row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q5_0_vnni);
                 }
                 GgmlType::Q4_1 => {
                     row.vec_dot = Some(vec_dot_q4_1_q8_1_vnni);
                     row.vec_dot4 = Some(vec_dot4_q4_1_q8_1_vnni);
                     row.vec_dot2x4 = Some(vec_dot2x4_q4_1_q8_1_vnni);
                     row.vec_dot_pre = Some(vec_dot_pre_q4_1_vnni);
+                    row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q4_1_vnni);
                 }
                 _ => {}
             }
@@ -359,7 +365,34 @@ macro_rules! i8w_pre_body {
 }
 
 macro_rules! i8w_pre_entry {
-    ($name:ident, $inner:ident, $wb:ty, $unpack:ident, $mul_sum:ident, $features:literal) => {
+    ($name:ident, $inner:ident, $rows:ident, $inner_rows:ident, $wb:ty, $unpack:ident, $mul_sum:ident, $features:literal) => {
+        /// Table entry: `out.len()` consecutive weight rows × one Q8_0 activation row with
+        /// prepared scales, each result that of the single-row form (features detected by
+        /// `install`).
+        fn $rows(_n: usize, w: &[u8], a: &[u8], ad: &[f32], out: &mut [f32]) {
+            let (x, y): (&[$wb], &[BlockQ8_0]) = (blocks(w), blocks(a));
+            assert!(
+                y.len() == ad.len() && x.len() == y.len() * out.len(),
+                "vec_dot_pre_rows: lengths differ"
+            );
+            if y.is_empty() {
+                out.fill(0.0);
+                return;
+            }
+            // SAFETY: as for the single-row entry.
+            unsafe { $inner_rows(x, y, ad, out) }
+        }
+
+        /// # Safety
+        /// The CPU must support the enabled features; `x` holds `out.len()` rows of `y.len()`
+        /// (non-zero) blocks, `ad` as long as `y`.
+        #[target_feature(enable = $features)]
+        unsafe fn $inner_rows(x: &[$wb], y: &[BlockQ8_0], ad: &[f32], out: &mut [f32]) {
+            for (o, xr) in out.iter_mut().zip(x.chunks_exact(y.len())) {
+                *o = i8w_pre_body!(xr, y, ad, $unpack, $mul_sum);
+            }
+        }
+
         /// Table entry: weights × Q8_0 with prepared activation scales (features detected by
         /// `install`).
         fn $name(_n: usize, w: &[u8], a: &[u8], ad: &[f32]) -> f32 {
@@ -385,6 +418,8 @@ macro_rules! i8w_pre_entry {
 i8w_pre_entry!(
     vec_dot_pre_q8_0,
     q8_0_pre_avx2,
+    vec_dot_pre_rows_q8_0,
+    q8_0_pre_rows_avx2,
     BlockQ8_0,
     unpack_q8_0,
     mul_sum_us8_pairs_float,
@@ -393,6 +428,8 @@ i8w_pre_entry!(
 i8w_pre_entry!(
     vec_dot_pre_q8_0_vnni,
     q8_0_pre_vnni,
+    vec_dot_pre_rows_q8_0_vnni,
+    q8_0_pre_rows_vnni,
     BlockQ8_0,
     unpack_q8_0,
     mul_sum_us8_pairs_float_vnni,
@@ -401,6 +438,8 @@ i8w_pre_entry!(
 i8w_pre_entry!(
     vec_dot_pre_q5_0,
     q5_0_pre_avx2,
+    vec_dot_pre_rows_q5_0,
+    q5_0_pre_rows_avx2,
     BlockQ5_0,
     unpack_q5_0,
     mul_sum_us8_pairs_float,
@@ -409,6 +448,8 @@ i8w_pre_entry!(
 i8w_pre_entry!(
     vec_dot_pre_q5_0_vnni,
     q5_0_pre_vnni,
+    vec_dot_pre_rows_q5_0_vnni,
+    q5_0_pre_rows_vnni,
     BlockQ5_0,
     unpack_q5_0,
     mul_sum_us8_pairs_float_vnni,
@@ -469,7 +510,34 @@ macro_rules! q4_1_q8_1_pre_body {
 }
 
 macro_rules! q4_1_pre_entry {
-    ($name:ident, $inner:ident, $mul_sum:ident, $features:literal) => {
+    ($name:ident, $inner:ident, $rows:ident, $inner_rows:ident, $mul_sum:ident, $features:literal) => {
+        /// Table entry: `out.len()` consecutive Q4_1 rows × one Q8_1 activation row with
+        /// prepared scales, each result that of the single-row form (features detected by
+        /// `install`).
+        fn $rows(_n: usize, w: &[u8], a: &[u8], ads: &[f32], out: &mut [f32]) {
+            let (x, y): (&[BlockQ4_1], &[BlockQ8_1]) = (blocks(w), blocks(a));
+            assert!(
+                2 * y.len() == ads.len() && x.len() == y.len() * out.len(),
+                "vec_dot_pre_rows: lengths differ"
+            );
+            if y.is_empty() {
+                out.fill(0.0);
+                return;
+            }
+            // SAFETY: as for the single-row entry.
+            unsafe { $inner_rows(x, y, ads, out) }
+        }
+
+        /// # Safety
+        /// The CPU must support the enabled features; `x` holds `out.len()` rows of `y.len()`
+        /// (non-zero) blocks, `ads` twice as long as `y`.
+        #[target_feature(enable = $features)]
+        unsafe fn $inner_rows(x: &[BlockQ4_1], y: &[BlockQ8_1], ads: &[f32], out: &mut [f32]) {
+            for (o, xr) in out.iter_mut().zip(x.chunks_exact(y.len())) {
+                *o = q4_1_q8_1_pre_body!(xr, y, ads, $mul_sum);
+            }
+        }
+
         /// Table entry: Q4_1 × Q8_1 with prepared activation scales (`d`, `s` per block;
         /// features detected by `install`).
         fn $name(_n: usize, w: &[u8], a: &[u8], ads: &[f32]) -> f32 {
@@ -495,12 +563,16 @@ macro_rules! q4_1_pre_entry {
 q4_1_pre_entry!(
     vec_dot_pre_q4_1,
     q4_1_pre_avx2,
+    vec_dot_pre_rows_q4_1,
+    q4_1_pre_rows_avx2,
     mul_sum_us8_pairs_float,
     "avx2,fma,f16c"
 );
 q4_1_pre_entry!(
     vec_dot_pre_q4_1_vnni,
     q4_1_pre_vnni,
+    vec_dot_pre_rows_q4_1_vnni,
+    q4_1_pre_rows_vnni,
     mul_sum_us8_pairs_float_vnni,
     "avx2,fma,f16c,avx512vnni,avx512vl"
 );
@@ -1211,6 +1283,84 @@ mod tests {
                         let tol = 1e-4 * (1.0 + reference.abs());
                         assert!((got[r][j] - reference).abs() <= tol, "{ty}: vs scalar");
                     }
+                }
+            }
+        }
+    }
+
+    /// The multi-row decode forms equal the single-row kernels bit for bit, row by row.
+    #[test]
+    fn pre_rows_match_single_dots() {
+        if !simd_available() {
+            return;
+        }
+        let scalar = Kernels::scalar();
+        let mut s = 29u64;
+        type Case = (
+            GgmlType,
+            crate::dispatch::VecDotPreRowsFn,
+            crate::dispatch::VecDotFn,
+        );
+        let mut cases: Vec<Case> = vec![
+            (GgmlType::Q8_0, vec_dot_pre_rows_q8_0, vec_dot_q8_0_q8_0),
+            (GgmlType::Q5_0, vec_dot_pre_rows_q5_0, vec_dot_q5_0_q8_0),
+            (GgmlType::Q4_1, vec_dot_pre_rows_q4_1, vec_dot_q4_1_q8_1),
+        ];
+        if vnni() {
+            cases.push((
+                GgmlType::Q8_0,
+                vec_dot_pre_rows_q8_0_vnni,
+                vec_dot_q8_0_q8_0,
+            ));
+            cases.push((
+                GgmlType::Q5_0,
+                vec_dot_pre_rows_q5_0_vnni,
+                vec_dot_q5_0_q8_0,
+            ));
+            cases.push((
+                GgmlType::Q4_1,
+                vec_dot_pre_rows_q4_1_vnni,
+                vec_dot_q4_1_q8_1,
+            ));
+        }
+        for case in 0..20usize {
+            let n = 32 * (1 + case % 7);
+            let n_rows = 1 + case % 5;
+            for &(ty, rows_fn, one) in &cases {
+                let ts = ty.type_size();
+                let row_b = n / 32 * ts;
+                let mut w: Vec<u8> = (0..n_rows * row_b).map(|_| lcg(&mut s) as u8).collect();
+                for b in w.chunks_exact_mut(ts) {
+                    let v = (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 0.05;
+                    b[0..2].copy_from_slice(&crate::f32_to_f16(v).to_le_bytes());
+                    if ty == GgmlType::Q4_1 {
+                        b[2..4].copy_from_slice(&crate::f32_to_f16(-v).to_le_bytes());
+                    }
+                }
+                let act_ty = scalar.vec_dot_type(ty).expect("act type");
+                let x: Vec<f32> = (0..n)
+                    .map(|_| (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 3.0)
+                    .collect();
+                let mut a = vec![0u8; crate::row_bytes(act_ty, n).expect("bytes")];
+                scalar
+                    .quantize_activation(act_ty, &x, &mut a)
+                    .expect("quantize");
+                let fields = if act_ty == GgmlType::Q8_1 { 2 } else { 1 };
+                let scales: Vec<f32> = a
+                    .chunks_exact(act_ty.type_size())
+                    .flat_map(|b| {
+                        (0..fields)
+                            .map(|f| {
+                                crate::f16_to_f32(u16::from_le_bytes([b[2 * f], b[2 * f + 1]]))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let mut out = vec![f32::NAN; n_rows];
+                rows_fn(n, &w, &a, &scales, &mut out);
+                for (r, o) in out.iter().enumerate() {
+                    let want = one(n, &w[r * row_b..(r + 1) * row_b], &a);
+                    assert_eq!(o.to_bits(), want.to_bits(), "{ty} case {case} row {r}");
                 }
             }
         }
