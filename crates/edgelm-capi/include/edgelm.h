@@ -311,7 +311,7 @@ void edgelm_generation_clear(struct edgelm_generation *result);
 // `EDGELM_FINISH_CANCELLED`. It may be set from another thread or a signal handler, with an
 // atomic store (C11 `atomic_store`, or `__atomic_store_n(flag, 1, __ATOMIC_RELAXED)`); the
 // library only reads it. `out_result` (may be null) receives the outcome; release its text
-// with `edgelm_generation_clear`. On failure `*out_result` is zeroed (text null).
+// with `edgelm_generation_clear`. On failure `*out_result` holds no text (null, counts 0).
 //
 // # Safety
 // `session` is null or a live session no other thread is using; `prompt` null or `n_prompt`

@@ -25,8 +25,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use edgelm_runtime::{
-    ChatMessage, ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, Llm,
-    LoadOptions, RuntimeError, SamplerConfig, Session,
+    ChatMessage, ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, Llm, LoadOptions,
+    RuntimeError, SamplerConfig, Session,
 };
 
 /// Status returned by every function that can fail. On anything but `EDGELM_OK`,
@@ -191,7 +191,12 @@ pub struct edgelm_generation {
 /// only during the call. Return 0 to continue, anything else to stop
 /// (`EDGELM_FINISH_CANCELLED`). The callback must not call into the same session.
 pub type edgelm_stream_fn = Option<
-    unsafe extern "C" fn(text: *const c_char, len: usize, token: u32, user_data: *mut c_void) -> i32,
+    unsafe extern "C" fn(
+        text: *const c_char,
+        len: usize,
+        token: u32,
+        user_data: *mut c_void,
+    ) -> i32,
 >;
 
 // ---------------------------------------------------------------------------------------------
@@ -229,8 +234,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        // Some errors already print their source; do not say it twice.
+        let text = cause.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = cause.source();
     }
     s
@@ -248,9 +257,9 @@ impl From<RuntimeError> for Failure {
             RuntimeError::Open { .. } | RuntimeError::Load { .. } => EDGELM_ERR_MODEL_LOAD,
             RuntimeError::Tokenizer { .. } => EDGELM_ERR_TOKENIZE,
             RuntimeError::NoChatTemplate => EDGELM_ERR_NO_CHAT_TEMPLATE,
-            RuntimeError::Model { .. } | RuntimeError::State { .. } | RuntimeError::Threads { .. } => {
-                EDGELM_ERR_EVAL
-            }
+            RuntimeError::Model { .. }
+            | RuntimeError::State { .. }
+            | RuntimeError::Threads { .. } => EDGELM_ERR_EVAL,
         };
         Self::new(status, chain(&e))
     }
@@ -385,12 +394,11 @@ unsafe fn handle_mut<'a, T>(p: *mut T, arg: &str) -> Result<&'a mut T, Failure> 
 /// The library version, e.g. "0.1.0" (a static string; never null).
 #[no_mangle]
 pub extern "C" fn edgelm_version() -> *const c_char {
-    const VERSION: &CStr = match CStr::from_bytes_with_nul(
-        concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
-    ) {
-        Ok(v) => v,
-        Err(_) => panic!("the version has no interior NUL"),
-    };
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("the version has no interior NUL"),
+        };
     VERSION.as_ptr()
 }
 
@@ -655,7 +663,9 @@ pub unsafe extern "C" fn edgelm_apply_chat_template(
             let content = unsafe { c_str(m.content, &format!("messages[{i}].content")) }?;
             list.push(ChatMessage::new(role, content));
         }
-        let text = model.llm.apply_chat_template(&list, add_generation_prompt)?;
+        let text = model
+            .llm
+            .apply_chat_template(&list, add_generation_prompt)?;
         let s = c_string_out(&text)?;
         // SAFETY: checked above.
         unsafe { write_out(out_text, s) };

@@ -24,8 +24,7 @@ pub use generate::{
     ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, GenerationResult, Timings,
 };
 pub use llm::{
-    default_model_path, default_models_dir, Chat, ChatOptions, Llm, LoadOptions,
-    DEFAULT_MODEL_FILE,
+    default_model_path, default_models_dir, Chat, ChatOptions, Llm, LoadOptions, DEFAULT_MODEL_FILE,
 };
 pub use perplexity::{
     perplexity, perplexity_with, token_nll, ChunkProgress, PerplexityOptions, PerplexityResult,
