@@ -196,8 +196,8 @@ fn generate(
         ..edgelm_generate_params_default()
     };
     let mut result = edgelm_generation {
-        text: 1 as *mut c_char, // garbage the call must overwrite
-        ..unsafe_zeroed_generation()
+        text: std::ptr::dangling_mut(), // garbage the call must overwrite
+        ..empty_generation()
     };
     // SAFETY: live session, `prompt.len()` ids, params, callback and its user data, an
     // optional flag outliving the call, an out struct.
@@ -231,7 +231,7 @@ fn generate(
     }
 }
 
-fn unsafe_zeroed_generation() -> edgelm_generation {
+fn empty_generation() -> edgelm_generation {
     edgelm_generation {
         finish_reason: EDGELM_FINISH_LENGTH,
         text: null_mut(),
@@ -291,7 +291,7 @@ fn null_arguments_are_reported_not_dereferenced() {
         );
         assert!(sess.is_null());
         assert_eq!(edgelm_session_reset(null_mut()), EDGELM_ERR_NULL_ARGUMENT);
-        let mut g = unsafe_zeroed_generation();
+        let mut g = empty_generation();
         let t = [1u32];
         assert_eq!(
             edgelm_generate(
