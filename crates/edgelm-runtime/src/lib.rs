@@ -3,13 +3,15 @@
 //!
 //! It owns no model math (that is `edgelm-model`) and knows nothing of how it is served
 //! (CLI, HTTP, C API). The model is reached through [`LogitsSource`], implemented for the real
-//! model by [`ModelEngine`] and by small doubles in tests.
+//! model by [`ModelEngine`] and by small doubles in tests. [`Llm`] and [`Chat`] are the
+//! one-call facade (load a GGUF file with its tokenizer, template and threads; chat over it).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod engine;
 mod error;
 mod generate;
+mod llm;
 pub mod mem;
 mod perplexity;
 mod sampler;
@@ -21,9 +23,21 @@ pub use error::RuntimeError;
 pub use generate::{
     ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, GenerationResult, Timings,
 };
+pub use llm::{
+    default_model_path, default_models_dir, Chat, ChatOptions, Llm, LoadOptions, DEFAULT_MODEL_FILE,
+};
 pub use perplexity::{
     perplexity, perplexity_with, token_nll, ChunkProgress, PerplexityOptions, PerplexityResult,
 };
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::Session;
 pub use stop::{StopMatcher, StopOutcome};
+
+/// A chat message, as [`Llm::apply_chat_template`] takes it.
+pub use edgelm_tokenizer::ChatMessage;
+
+/// The README's Rust example, compiled and run as a doc-test (it skips when the default model
+/// has not been fetched).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
