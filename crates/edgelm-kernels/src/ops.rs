@@ -57,9 +57,13 @@ pub fn expf_ggml(x: f32) -> f32 {
         .mul_add(u, C3.mul_add(b, C2))
         .mul_add(u, C1.mul_add(b, 1.0));
     // vscalefps: j * 2^n rounded once. |n| <= 192 keeps the f64 product exact; 2^n is built
-    // from its bits (the clamp only keeps the discarded lanes' exponent in range). Written
-    // without early returns so that loops over it vectorise.
-    let pow2 = f64::from_bits(((n.clamp(-193.0, 193.0) as i64 + 1023) as u64) << 52);
+    // from its bits. n as an integer is read off z's bits (z = R + n, in R's binade for
+    // |n| < 2^22; outside it the lane is discarded below), integer arithmetic that vectorises
+    // where a float-to-int `as` cast (saturating, NaN-checked) does not. The clamp only keeps
+    // discarded lanes' exponents in range. Written without early returns so that loops over it
+    // vectorise.
+    let ni = (z.to_bits() as i32).wrapping_sub(R.to_bits() as i32).clamp(-193, 193);
+    let pow2 = f64::from_bits(((ni + 1023) as u64) << 52);
     let scaled = ((j as f64) * pow2) as f32;
     let out_of_range = if n <= 0.0 { 0.0 } else { f32::INFINITY };
     if n.abs() > 192.0 {

@@ -83,7 +83,6 @@ pub fn attention_tiled_f16(
     out.fill(0.0);
     let kt = &mut scratch.kt[..d * KV_TILE];
     let v32 = &mut scratch.v32[..KV_TILE * dv];
-    let mut scores = [0.0f32; KV_TILE];
     let mut ic = 0;
     while ic < n_vis_max {
         let tile = KV_TILE.min(n_vis_max - ic);
@@ -102,82 +101,40 @@ pub fn attention_tiled_f16(
                 *o = x.to_f32();
             }
         }
-        for j in 0..n_q {
-            let n_vis = first_visible + j + 1;
-            if n_vis <= ic {
-                continue; // every position of this tile is masked for this row
-            }
-            let qj = &q[j * d..(j + 1) * d];
-            // scores[tk] = fma chain over dk, then scale; masked or padded: -inf.
-            // Two halves of 32 lanes, each accumulated in a local array that the compiler
-            // keeps in registers across the whole dk loop (the chains are unchanged).
-            for (half, sc_half) in scores.chunks_exact_mut(SCORE_LANES).enumerate() {
-                let mut acc = [0.0f32; SCORE_LANES];
-                for (dk, &qv) in qj.iter().enumerate() {
-                    let base = dk * KV_TILE + half * SCORE_LANES;
-                    let krow = &kt[base..base + SCORE_LANES];
-                    for (a, &kv) in acc.iter_mut().zip(krow) {
-                        *a = kv.mul_add(qv, *a);
+        let mut j0 = 0;
+        while j0 < n_q {
+            let g = GROUP.min(n_q - j0);
+            // Rows are in causal order, so if the group's first row sees this tile, all do.
+            if g == GROUP && first_visible + j0 + 1 > ic {
+                group_update(
+                    out,
+                    q,
+                    kt,
+                    v32,
+                    &mut m,
+                    &mut s,
+                    j0,
+                    first_visible,
+                    ic,
+                    tile,
+                    d,
+                    dv,
+                    scale,
+                );
+            } else {
+                for j in j0..j0 + g {
+                    let n_vis = first_visible + j + 1;
+                    if n_vis <= ic {
+                        continue; // every position of this tile is masked for this row
                     }
-                }
-                sc_half.copy_from_slice(&acc);
-            }
-            let visible = (n_vis - ic).min(KV_TILE);
-            for (tk, sc) in scores.iter_mut().enumerate() {
-                *sc = if tk < visible {
-                    *sc * scale
-                } else {
-                    f32::NEG_INFINITY
-                };
-            }
-            let mut tile_max = f32::NEG_INFINITY;
-            for &x in scores.iter() {
-                tile_max = if tile_max > x { tile_max } else { x };
-            }
-            let m_old = m[j];
-            let m_new = m_old.max(tile_max);
-            let oj = &mut out[j * dv..(j + 1) * dv];
-            if m_new > m_old {
-                let ms = (m_old - m_new).exp();
-                for o in oj.iter_mut() {
-                    *o *= ms;
-                }
-                s[j] *= ms;
-            }
-            m[j] = m_new;
-            // Softmax numerators in place, summed as ggml_vec_soft_max_f32 (AVX-512).
-            let mut sum = 0.0f64;
-            for chunk in scores.chunks_exact_mut(16) {
-                let mut lanes = [0.0f32; 16];
-                for (l, x) in lanes.iter_mut().zip(chunk.iter_mut()) {
-                    *x = expf_ggml(*x - m_new);
-                    *l = *x;
-                }
-                sum += reduce_add_16(&lanes) as f64;
-            }
-            s[j] = (s[j] as f64 + sum) as f32;
-            // out[j][dv] += sum over tk of p[tk] * v[tk][dv]: one fma chain per element.
-            // Output columns in groups of OUT_LANES held in a local array (registers) over the
-            // tile's positions; the remainder column by column. Same chains either way.
-            let mut c0 = 0;
-            while c0 + OUT_LANES <= dv {
-                let mut acc = [0.0f32; OUT_LANES];
-                acc.copy_from_slice(&oj[c0..c0 + OUT_LANES]);
-                for (tk, &p) in scores.iter().enumerate().take(tile) {
-                    let base = tk * dv + c0;
-                    for (a, &vv) in acc.iter_mut().zip(&v32[base..base + OUT_LANES]) {
-                        *a = vv.mul_add(p, *a);
-                    }
-                }
-                oj[c0..c0 + OUT_LANES].copy_from_slice(&acc);
-                c0 += OUT_LANES;
-            }
-            for (tk, &p) in scores.iter().enumerate().take(tile) {
-                let vrow = &v32[tk * dv + c0..(tk + 1) * dv];
-                for (o, &vv) in oj[c0..].iter_mut().zip(vrow) {
-                    *o = vv.mul_add(p, *o);
+                    let mut scores = [0.0f32; KV_TILE];
+                    row_scores(&mut scores, &q[j * d..(j + 1) * d], kt);
+                    let oj = &mut out[j * dv..(j + 1) * dv];
+                    softmax_tile(&mut scores, n_vis - ic, &mut m[j], &mut s[j], oj, scale);
+                    row_pv(oj, &scores, v32, tile, dv, 0);
                 }
             }
+            j0 += g;
         }
         ic += KV_TILE;
     }
@@ -185,6 +142,177 @@ pub fn attention_tiled_f16(
         let inv = if s[j] == 0.0 { 0.0 } else { 1.0 / s[j] };
         for o in out[j * dv..(j + 1) * dv].iter_mut() {
             *o *= inv;
+        }
+    }
+}
+
+/// Query rows processed together: their score and output accumulators share every K and V
+/// load (llama.cpp's `simd_gemm` register blocking); each element's FMA chain is unchanged.
+const GROUP: usize = 4;
+
+/// Key positions (score lanes) or output columns per register block of a group.
+const LANES: usize = 16;
+
+/// One row's scores over the tile: `scores[tk]` = FMA chain over dk of `kt[dk][tk] * q[dk]`.
+#[inline(always)]
+fn row_scores(scores: &mut [f32; KV_TILE], qj: &[f32], kt: &[f32]) {
+    for (half, sc_half) in scores.chunks_exact_mut(SCORE_LANES).enumerate() {
+        let mut acc = [0.0f32; SCORE_LANES];
+        for (dk, &qv) in qj.iter().enumerate() {
+            let base = dk * KV_TILE + half * SCORE_LANES;
+            let krow = &kt[base..base + SCORE_LANES];
+            for (a, &kv) in acc.iter_mut().zip(krow) {
+                *a = kv.mul_add(qv, *a);
+            }
+        }
+        sc_half.copy_from_slice(&acc);
+    }
+}
+
+/// Scales and masks one row's scores (`visible` positions of the tile seen), updates its running
+/// maximum `m` and sum `s`, rescales its output `oj`, and turns the scores into softmax
+/// numerators (summed as ggml_vec_soft_max_f32 does with AVX-512).
+#[inline(always)]
+fn softmax_tile(
+    scores: &mut [f32; KV_TILE],
+    visible: usize,
+    m: &mut f32,
+    s: &mut f32,
+    oj: &mut [f32],
+    scale: f32,
+) {
+    let visible = visible.min(KV_TILE);
+    for (tk, sc) in scores.iter_mut().enumerate() {
+        *sc = if tk < visible {
+            *sc * scale
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+    let mut tile_max = f32::NEG_INFINITY;
+    for &x in scores.iter() {
+        tile_max = if tile_max > x { tile_max } else { x };
+    }
+    let m_old = *m;
+    let m_new = m_old.max(tile_max);
+    if m_new > m_old {
+        let ms = (m_old - m_new).exp();
+        for o in oj.iter_mut() {
+            *o *= ms;
+        }
+        *s *= ms;
+    }
+    *m = m_new;
+    let mut sum = 0.0f64;
+    for chunk in scores.chunks_exact_mut(16) {
+        let mut lanes = [0.0f32; 16];
+        for (l, x) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *x = expf_ggml(*x - m_new);
+            *l = *x;
+        }
+        sum += reduce_add_16(&lanes) as f64;
+    }
+    *s = (*s as f64 + sum) as f32;
+}
+
+/// `oj[c] += sum over tk of p[tk] * v[tk][c]` for columns `c0..`: one FMA chain per element,
+/// OUT_LANES columns at a time in registers.
+#[inline(always)]
+fn row_pv(oj: &mut [f32], scores: &[f32; KV_TILE], v32: &[f32], tile: usize, dv: usize, c0: usize) {
+    let mut c0 = c0;
+    while c0 + OUT_LANES <= dv {
+        let mut acc = [0.0f32; OUT_LANES];
+        acc.copy_from_slice(&oj[c0..c0 + OUT_LANES]);
+        for (tk, &p) in scores.iter().enumerate().take(tile) {
+            let base = tk * dv + c0;
+            for (a, &vv) in acc.iter_mut().zip(&v32[base..base + OUT_LANES]) {
+                *a = vv.mul_add(p, *a);
+            }
+        }
+        oj[c0..c0 + OUT_LANES].copy_from_slice(&acc);
+        c0 += OUT_LANES;
+    }
+    for (tk, &p) in scores.iter().enumerate().take(tile) {
+        let vrow = &v32[tk * dv + c0..(tk + 1) * dv];
+        for (o, &vv) in oj[c0..].iter_mut().zip(vrow) {
+            *o = vv.mul_add(p, *o);
+        }
+    }
+}
+
+/// Rows `j0..j0 + GROUP` (all seeing this tile) together: scores and the V accumulation in
+/// register blocks of GROUP rows × LANES, the softmax update row by row in between.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn group_update(
+    out: &mut [f32],
+    q: &[f32],
+    kt: &[f32],
+    v32: &[f32],
+    m: &mut [f32],
+    s: &mut [f32],
+    j0: usize,
+    first_visible: usize,
+    ic: usize,
+    tile: usize,
+    d: usize,
+    dv: usize,
+    scale: f32,
+) {
+    let mut sc = [[0.0f32; KV_TILE]; GROUP];
+    let qg = &q[j0 * d..(j0 + GROUP) * d];
+    for blk in 0..KV_TILE / LANES {
+        let mut acc = [[0.0f32; LANES]; GROUP];
+        for dk in 0..d {
+            let base = dk * KV_TILE + blk * LANES;
+            let krow = &kt[base..base + LANES];
+            for (i, acc_i) in acc.iter_mut().enumerate() {
+                let qv = qg[i * d + dk];
+                for (a, &kv) in acc_i.iter_mut().zip(krow) {
+                    *a = kv.mul_add(qv, *a);
+                }
+            }
+        }
+        for (sc_i, acc_i) in sc.iter_mut().zip(&acc) {
+            sc_i[blk * LANES..(blk + 1) * LANES].copy_from_slice(acc_i);
+        }
+    }
+    let og = &mut out[j0 * dv..(j0 + GROUP) * dv];
+    for (i, sc_i) in sc.iter_mut().enumerate() {
+        let j = j0 + i;
+        let oj = &mut og[i * dv..(i + 1) * dv];
+        softmax_tile(
+            sc_i,
+            first_visible + j + 1 - ic,
+            &mut m[j],
+            &mut s[j],
+            oj,
+            scale,
+        );
+    }
+    let mut c0 = 0;
+    while c0 + LANES <= dv {
+        let mut acc = [[0.0f32; LANES]; GROUP];
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            acc_i.copy_from_slice(&og[i * dv + c0..i * dv + c0 + LANES]);
+        }
+        for tk in 0..tile {
+            let vrow = &v32[tk * dv + c0..tk * dv + c0 + LANES];
+            for (acc_i, sc_i) in acc.iter_mut().zip(&sc) {
+                let p = sc_i[tk];
+                for (a, &vv) in acc_i.iter_mut().zip(vrow) {
+                    *a = vv.mul_add(p, *a);
+                }
+            }
+        }
+        for (i, acc_i) in acc.iter().enumerate() {
+            og[i * dv + c0..i * dv + c0 + LANES].copy_from_slice(acc_i);
+        }
+        c0 += LANES;
+    }
+    if c0 < dv {
+        for (i, sc_i) in sc.iter().enumerate() {
+            row_pv(&mut og[i * dv..(i + 1) * dv], sc_i, v32, tile, dv, c0);
         }
     }
 }
