@@ -100,9 +100,9 @@ pub(crate) fn q4_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
         let dmin = -yd * f16(xb.dmin);
         let mut s = [0i32; 8];
         let mut mins = [0i32; 8];
-        for sb in 0..8 {
+        for (sb, min) in mins.iter_mut().enumerate() {
             let (sc, m) = scale_min_k4(sb, &xb.scales);
-            mins[sb] = m as i32;
+            *min = m as i32;
             let (j, high) = (sb / 2, sb % 2 == 1);
             let q: [i32; 32] = std::array::from_fn(|e| {
                 let b = xb.qs[32 * j + e];
@@ -193,7 +193,7 @@ pub(crate) mod inputs {
     /// `n` activations quantized to `act_ty` by the reference; every 5th row has an all-zero
     /// block and large values.
     pub(crate) fn activations(act_ty: GgmlType, n: usize, s: &mut u64) -> Vec<u8> {
-        let edge = lcg(s) % 5 == 0;
+        let edge = lcg(s).is_multiple_of(5);
         let x: Vec<f32> = (0..n)
             .map(|i| match (edge, i) {
                 (true, i) if i < 32 => 0.0,

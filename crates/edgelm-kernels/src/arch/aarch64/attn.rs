@@ -11,7 +11,7 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::dots::hsum_float_8;
+use super::dots::{cvt_f16x4_f32, cvt_f32x8_f16, cvt_high_f16x8_f32, hsum_float_8};
 
 /// Elements per step of the reference (4 accumulators × 16 lanes).
 const STEP: usize = 64;
@@ -24,8 +24,8 @@ const STEP: usize = 64;
 #[target_feature(enable = "neon")]
 unsafe fn load8(p: *const f16) -> [float32x4_t; 2] {
     // SAFETY: the caller guarantees 16 readable bytes.
-    let h = vreinterpretq_f16_u16(unsafe { vld1q_u16(p.cast()) });
-    [vcvt_f32_f16(vget_low_f16(h)), vcvt_high_f32_f16(h)]
+    let h = unsafe { vld1q_u16(p.cast()) };
+    [cvt_f16x4_f32(vget_low_u16(h)), cvt_high_f16x8_f32(h)]
 }
 
 /// Stores eight f32 values as F16 (round to nearest even).
@@ -35,9 +35,9 @@ unsafe fn load8(p: *const f16) -> [float32x4_t; 2] {
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn store8(p: *mut f16, v: [float32x4_t; 2]) {
-    let h = vcvt_high_f16_f32(vcvt_f16_f32(v[0]), v[1]);
+    let h = cvt_f32x8_f16(v[0], v[1]);
     // SAFETY: the caller guarantees 16 writable bytes.
-    unsafe { vst1q_u16(p.cast(), vreinterpretq_u16_f16(h)) }
+    unsafe { vst1q_u16(p.cast(), h) }
 }
 
 /// `dot_f16` of the reference: x, y of equal length.

@@ -46,13 +46,66 @@ pub(super) fn dot4_sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32
     acc
 }
 
+/// Four F16 values (bits) as f32 (`FCVTL`, base Advanced SIMD; exact). Written in assembly
+/// because the F16 vector types of `std::arch` are newer than the crate's minimum Rust.
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn cvt_f16x4_f32(h: uint16x4_t) -> float32x4_t {
+    let out: float32x4_t;
+    // SAFETY: a register-only base Advanced SIMD instruction.
+    unsafe {
+        asm!(
+            "fcvtl {o:v}.4s, {i:v}.4h",
+            o = lateout(vreg) out,
+            i = in(vreg) h,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    out
+}
+
+/// The upper four F16 values of eight as f32 (`FCVTL2`; exact).
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn cvt_high_f16x8_f32(h: uint16x8_t) -> float32x4_t {
+    let out: float32x4_t;
+    // SAFETY: a register-only base Advanced SIMD instruction.
+    unsafe {
+        asm!(
+            "fcvtl2 {o:v}.4s, {i:v}.8h",
+            o = lateout(vreg) out,
+            i = in(vreg) h,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    out
+}
+
+/// Eight f32 values as F16 bits (`FCVTN` + `FCVTN2`: round to nearest even under the default
+/// FPCR, as F16C's `vcvtps2ph` and the software conversion).
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn cvt_f32x8_f16(lo: float32x4_t, hi: float32x4_t) -> uint16x8_t {
+    let out: uint16x8_t;
+    // SAFETY: register-only base Advanced SIMD instructions.
+    unsafe {
+        asm!(
+            "fcvtn {o:v}.4h, {lo:v}.4s",
+            "fcvtn2 {o:v}.8h, {hi:v}.4s",
+            o = out(vreg) out,
+            lo = in(vreg) lo,
+            hi = in(vreg) hi,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    out
+}
+
 /// An F16 field (little-endian bits) as f32, with the hardware conversion (exact).
 #[inline]
 #[target_feature(enable = "neon")]
 pub(super) fn f16s(b: [u8; 2]) -> f32 {
-    vgetq_lane_f32::<0>(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(
-        u16::from_le_bytes(b),
-    ))))
+    vgetq_lane_f32::<0>(cvt_f16x4_f32(vdup_n_u16(u16::from_le_bytes(b))))
 }
 
 /// Two 16-byte halves of a 32-byte array.

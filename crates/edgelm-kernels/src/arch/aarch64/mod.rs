@@ -73,7 +73,8 @@ mod tests {
     /// The tables under test: plain NEON always, `dotprod` where this CPU has it.
     fn tables() -> Vec<(&'static str, KernelRow)> {
         let mut out = Vec::new();
-        let variants: [(&str, fn(&mut KernelRow), bool); 2] = [
+        type Fill = fn(&mut KernelRow);
+        let variants: [(&str, Fill, bool); 2] = [
             ("neon", dots::plain::fill, true),
             (
                 "dotprod",
