@@ -587,7 +587,6 @@ macro_rules! dot_kernels {
             let m15 = vdupq_n_u8(15);
             for (i, xb) in x.iter().enumerate() {
                 let xd = f16s(xb.d);
-                let sc = xb.scales.map(|s| s as i32);
                 // SAFETY: 16 readable bytes.
                 let scales = unsafe { vld1q_s8(xb.scales.as_ptr()) };
                 let sc16 = [vmovl_s8(vget_low_s8(scales)), vmovl_high_s8(scales)];
@@ -627,7 +626,7 @@ macro_rules! dot_kernels {
                         for h in 0..2 {
                             let y = load16_i8_at(&yb.qs, 32 * c + 16 * h);
                             let p = $dot(zi, q6[c][h], y);
-                            s[h] = vmlaq_n_s32(s[h], p, sc[2 * c + h]);
+                            s[h] = vmlaq_n_s32(s[h], p, xb.scales[2 * c + h] as i32);
                         }
                     }
                     for h in 0..2 {
