@@ -280,7 +280,7 @@ impl Kernels {
             };
             #[cfg(target_arch = "x86_64")]
             crate::arch::x86_64::install(&mut k);
-            #[cfg(target_arch = "aarch64")]
+            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
             crate::arch::aarch64::install(&mut k);
             k
         })

@@ -37,6 +37,7 @@ pub(crate) fn install(k: &mut Kernels) {
         match row.ty {
             GgmlType::Q8_0 => row.quantize = Some(quantize::quantize_q8_0),
             GgmlType::Q8_1 => row.quantize = Some(quantize::quantize_q8_1),
+            GgmlType::Q8_K => row.quantize = Some(quantize::quantize_q8_k),
             _ => {}
         }
     }
