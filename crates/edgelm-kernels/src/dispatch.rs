@@ -320,11 +320,13 @@ impl Kernels {
             };
             #[cfg(target_arch = "x86_64")]
             crate::arch::x86_64::install(&mut k);
+            #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+            crate::arch::aarch64::install(&mut k);
             k
         })
     }
 
-    /// A short name of the table ("scalar", "avx2+fma").
+    /// A short name of the table ("scalar", "avx2+fma+f16c", "neon+dotprod", ...).
     pub fn name(&self) -> &'static str {
         self.name
     }

@@ -21,7 +21,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
 /// The 256 signed quants (-32..32) of a block, in element order.
 #[inline(always)]
-fn unpack_quants(b: &BlockQ6K, a: &mut [i8; QK_K]) {
+pub(crate) fn unpack_quants(b: &BlockQ6K, a: &mut [i8; QK_K]) {
     for n in 0..QK_K / 128 {
         let ql = &b.ql[64 * n..64 * n + 64];
         let qh = &b.qh[32 * n..32 * n + 32];
