@@ -62,7 +62,9 @@ pub fn expf_ggml(x: f32) -> f32 {
     // where a float-to-int `as` cast (saturating, NaN-checked) does not. The clamp only keeps
     // discarded lanes' exponents in range. Written without early returns so that loops over it
     // vectorise.
-    let ni = (z.to_bits() as i32).wrapping_sub(R.to_bits() as i32).clamp(-193, 193);
+    let ni = (z.to_bits() as i32)
+        .wrapping_sub(R.to_bits() as i32)
+        .clamp(-193, 193);
     let pow2 = f64::from_bits(((ni + 1023) as u64) << 52);
     let scaled = ((j as f64) * pow2) as f32;
     let out_of_range = if n <= 0.0 { 0.0 } else { f32::INFINITY };
