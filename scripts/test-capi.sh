@@ -25,19 +25,20 @@ for tool in gcc valgrind; do
 done
 
 cargo build --release -q -p edgelm-capi -p edgelm-cli
-model=$(target/release/edgelm fetch)
-out=target/release/examples-c
+rel="${CARGO_TARGET_DIR:-target}/release"
+model=$("$rel/edgelm" fetch)
+out="$rel/examples-c"
 mkdir -p "$out"
 cflags=(-std=c11 -Wall -Wextra -Werror -O2 -g -Icrates/edgelm-capi/include)
-gcc "${cflags[@]}" examples/c/chat.c target/release/libedgelm_capi.a -lpthread -ldl -lm \
+gcc "${cflags[@]}" examples/c/chat.c "$rel/libedgelm_capi.a" -lpthread -ldl -lm \
   -o "$out/chat"
-gcc "${cflags[@]}" examples/c/chat.c -Ltarget/release -ledgelm_capi -o "$out/chat-shared"
+gcc "${cflags[@]}" examples/c/chat.c -L"$rel" -ledgelm_capi -o "$out/chat-shared"
 
 question="What is the capital of France?"
 echo "C example (static library): greedy reply vs edgelm run --chat"
 "$out/chat" -m "$model" -n 24 --temp 0 "$question" >"$out/reply.txt" 2>"$out/reply.err" \
   || { cat "$out/reply.err" >&2; exit 1; }
-target/release/edgelm run -m "$model" --chat -q -n 24 --temp 0 -p "$question" >"$out/cli.txt"
+"$rel/edgelm" run -m "$model" --chat -q -n 24 --temp 0 -p "$question" >"$out/cli.txt"
 if [ ! -s "$out/reply.txt" ] || ! cmp -s "$out/reply.txt" "$out/cli.txt"; then
   echo "error: the C example's reply differs from edgelm run --chat's" >&2
   diff "$out/reply.txt" "$out/cli.txt" >&2 || true
@@ -46,7 +47,7 @@ fi
 sed 's/^/  /' "$out/reply.txt"
 
 echo "C example (shared library): two turns and a reply cancelled by another thread"
-LD_LIBRARY_PATH=target/release "$out/chat-shared" -m "$model" -n 16 --temp 0 --demo-cancel \
+LD_LIBRARY_PATH="$rel" "$out/chat-shared" -m "$model" -n 16 --temp 0 --demo-cancel \
   "Hi" "Name a colour." >"$out/demo.txt" 2>"$out/demo.err" || { cat "$out/demo.err" >&2; exit 1; }
 grep -q "cancelled\]" "$out/demo.err"
 
