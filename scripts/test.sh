@@ -19,5 +19,7 @@ if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-g
 else
   echo "skipped: the aarch64-unknown-linux-gnu standard library cannot be installed here"
 fi
+echo "== Python virtualenv with the openai client (server tests; cached in ~/.cache/edgelm-venv)"
+bash scripts/py-venv.sh >/dev/null || echo "warning: no Python virtualenv; the openai-client server test will skip"
 echo "== cargo test"
 cargo test --workspace --release --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/edgelm-test.log"
