@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (README): installs nothing beyond the Rust toolchain, fetches the
+# The project's test command (README): installs nothing beyond the Rust toolchain and a Python
+# virtualenv with the openai client (scripts/py-venv.sh, for the server tests), fetches the
 # default model into the cache if it is missing, then runs formatting, lints and every test.
 # Tests that need ../shared/data or the model say so and skip when those are absent.
 set -euo pipefail
