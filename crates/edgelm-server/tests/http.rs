@@ -396,3 +396,17 @@ async fn prompt_cache_reuses_a_conversation_prefix() {
     // At least the whole first prompt (system prompt and first turn) came from the cache.
     assert!(cached >= n1, "cached {cached} of the first prompt's {n1}: {v2}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_ends_a_generation_cleanly() {
+    let Some((app, state)) = server(|c| c.request_timeout = Duration::from_millis(300)) else {
+        return;
+    };
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 240, "temperature": 0.8,
+                      "seed": 1});
+    let (status, v) = post_json(&app, "/v1/completions", body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() < 240, "{v}");
+    assert_eq!(state.metrics().timed_out.load(Ordering::Relaxed), 1);
+}
