@@ -43,8 +43,18 @@ fn openai_python_client_against_the_real_server() {
     let Some(python) = python_venv() else { return };
     let key = "test-key-123";
     let mut server = Command::new(env!("CARGO_BIN_EXE_edgelm"))
-        .args(["serve", "--port", "0", "--slots", "2", "-c", "1024", "-t", "2"])
-        .args(["--shutdown-grace", "3", "--api-key", key, "--alias", "smollm2", "-m"])
+        .args([
+            "serve", "--port", "0", "--slots", "2", "-c", "1024", "-t", "2",
+        ])
+        .args([
+            "--shutdown-grace",
+            "3",
+            "--api-key",
+            key,
+            "--alias",
+            "smollm2",
+            "-m",
+        ])
         .arg(&model)
         .env("EDGELM_OFFLINE", "1")
         .env_remove("RUST_LOG")
@@ -62,7 +72,10 @@ fn openai_python_client_against_the_real_server() {
         if let Some(addr) = line.trim().strip_prefix("listening on ") {
             break addr.to_string();
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "no 'listening on' line");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no 'listening on' line"
+        );
     };
     // Keep draining the server's stderr so it never blocks on a full pipe.
     let log = std::thread::spawn(move || {

@@ -159,7 +159,13 @@ impl GenRequest {
         in_range("temperature", self.temperature, 0.0, 2.0, false)?;
         in_range("top_p", self.top_p, 0.0, 1.0, true)?;
         in_range("presence_penalty", self.presence_penalty, -2.0, 2.0, false)?;
-        in_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0, false)?;
+        in_range(
+            "frequency_penalty",
+            self.frequency_penalty,
+            -2.0,
+            2.0,
+            false,
+        )?;
         if let Some(n) = self.n {
             if n != 1 {
                 return Err(ApiError::invalid_param(
@@ -361,8 +367,14 @@ mod tests {
             (r#"{"max_tokens":0}"#, Some("max_tokens")),
             (r#"{"stop":["a","b","c","d","e"]}"#, Some("stop")),
             (r#"{"stop":""}"#, Some("stop")),
-            (r#"{"response_format":{"type":"json_schema"}}"#, Some("response_format")),
-            (r#"{"stream_options":{"include_usage":true}}"#, Some("stream_options")),
+            (
+                r#"{"response_format":{"type":"json_schema"}}"#,
+                Some("response_format"),
+            ),
+            (
+                r#"{"stream_options":{"include_usage":true}}"#,
+                Some("stream_options"),
+            ),
             (r#"{"temperature":"hot"}"#, None),
             (r#"{"max_tokens":-1}"#, None),
             (r#"{"messages":"hi"}"#, None),
@@ -375,11 +387,14 @@ mod tests {
             assert_eq!(e.param.as_deref(), param, "{body}");
         }
         let r = decode(br#"{"messages":[{"role":"tool","content":"x"}]}"#).unwrap();
-        assert_eq!(r.chat_messages().unwrap_err().param.as_deref(), Some("messages[0].role"));
+        assert_eq!(
+            r.chat_messages().unwrap_err().param.as_deref(),
+            Some("messages[0].role")
+        );
         let r = decode(br#"{"messages":[]}"#).unwrap();
         assert!(r.chat_messages().is_err());
-        let r = decode(br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#)
-            .unwrap();
+        let r =
+            decode(br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#).unwrap();
         assert!(r.chat_messages().is_err());
     }
 
@@ -419,14 +434,23 @@ mod tests {
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(serde_json::Value::Bool),
             any::<i64>().prop_map(|i| serde_json::json!(i)),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| serde_json::json!(f)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::json!(f)),
             ".{0,6}".prop_map(serde_json::Value::String),
         ];
         leaf.prop_recursive(3, 16, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
                 prop::collection::btree_map(
-                    prop::sample::select(vec!["role", "content", "type", "text", "include_usage", "x"]),
+                    prop::sample::select(vec![
+                        "role",
+                        "content",
+                        "type",
+                        "text",
+                        "include_usage",
+                        "x"
+                    ]),
                     inner,
                     0..4
                 )

@@ -229,12 +229,12 @@ impl Engine {
             return Err(ApiError::queue_full(self.retry_after_s()));
         }
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        match tx.as_ref().map(|tx| tx.send(job)) {
-            Some(Ok(())) => Ok(()),
-            _ => {
-                m.queue_depth.fetch_sub(1, Ordering::SeqCst);
-                Err(ApiError::unavailable("The server is shutting down."))
-            }
+        let sent = tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            m.queue_depth.fetch_sub(1, Ordering::SeqCst);
+            Err(ApiError::unavailable("The server is shutting down."))
         }
     }
 
@@ -263,11 +263,7 @@ impl Engine {
 
     /// Waits for the engine thread to end (after [`Engine::begin_shutdown`]).
     pub fn join(&self) {
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             if h.join().is_err() {
                 tracing::error!("the engine thread panicked");

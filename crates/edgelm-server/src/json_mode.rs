@@ -278,9 +278,7 @@ impl JsonState {
                     (Num::Dot | Num::Frac, b'0'..=b'9') => Some(Num::Frac),
                     (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Some(Num::Exp),
                     (Num::Exp, b'+' | b'-') => Some(Num::ExpSign),
-                    (Num::Exp | Num::ExpSign | Num::ExpDigits, b'0'..=b'9') => {
-                        Some(Num::ExpDigits)
-                    }
+                    (Num::Exp | Num::ExpSign | Num::ExpDigits, b'0'..=b'9') => Some(Num::ExpDigits),
                     _ => None,
                 };
                 match next {
@@ -354,7 +352,9 @@ impl JsonVocab {
             let is_eog = tok.is_eog(id);
             eog.push(is_eog);
             let piece = tok.token_to_piece(id);
-            pieces.push((!is_eog && !tok.is_control(id) && !piece.is_empty()).then(|| piece.to_vec()));
+            pieces.push(
+                (!is_eog && !tok.is_control(id) && !piece.is_empty()).then(|| piece.to_vec()),
+            );
         }
         JsonVocab { pieces, eog }
     }
@@ -457,7 +457,10 @@ mod tests {
             let st = accepts(prefix).unwrap();
             assert_eq!(st.min_completion(), completion.len(), "{prefix}");
             let mut done = st;
-            assert!(done.feed(completion.as_bytes()) && done.is_complete(), "{prefix}{completion}");
+            assert!(
+                done.feed(completion.as_bytes()) && done.is_complete(),
+                "{prefix}{completion}"
+            );
         }
     }
 
@@ -500,7 +503,7 @@ mod tests {
             let mut st = JsonState::new();
             for (i, &b) in s.as_bytes().iter().enumerate() {
                 prop_assert!(st.step(b), "rejected byte {i} of {s}");
-                prop_assert!(st.min_completion() <= s.len() - i - 1);
+                prop_assert!(st.min_completion() < s.len() - i);
             }
             prop_assert!(st.is_complete());
         }

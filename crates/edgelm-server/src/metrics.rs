@@ -47,11 +47,7 @@ impl Histogram {
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_us.load(Relaxed) as f64 / 1e6
-        );
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -119,19 +115,91 @@ impl Metrics {
                 v.load(Relaxed)
             );
         };
-        scalar(&mut out, "edgelm_prompt_tokens_total", "counter", "Prompt tokens of finished generations.", &self.prompt_tokens);
-        scalar(&mut out, "edgelm_prompt_tokens_cached_total", "counter", "Prompt tokens whose KV state was reused from the prompt cache.", &self.cached_prompt_tokens);
-        scalar(&mut out, "edgelm_completion_tokens_total", "counter", "Generated tokens.", &self.completion_tokens);
-        scalar(&mut out, "edgelm_queue_depth", "gauge", "Requests waiting for a generation slot.", &self.queue_depth);
-        scalar(&mut out, "edgelm_active_slots", "gauge", "Slots generating now.", &self.active_slots);
-        scalar(&mut out, "edgelm_cancelled_total", "counter", "Generations cancelled by a client disconnect.", &self.cancelled);
-        scalar(&mut out, "edgelm_timed_out_total", "counter", "Generations ended by the request timeout.", &self.timed_out);
-        scalar(&mut out, "edgelm_rejected_total", "counter", "Requests refused with 429 (queue full).", &self.rejected);
-        scalar(&mut out, "edgelm_decode_steps_total", "counter", "Batched decode steps.", &self.decode_steps);
-        scalar(&mut out, "edgelm_decode_sequences_total", "counter", "Sequences decoded over all steps (divided by steps: mean batch size).", &self.decode_seqs);
-        self.queue_seconds.write(&mut out, "edgelm_queue_wait_seconds", "Time from arrival to a generation slot.");
-        self.ttft_seconds.write(&mut out, "edgelm_time_to_first_token_seconds", "Time from arrival to the first generated token.");
-        self.request_seconds.write(&mut out, "edgelm_request_duration_seconds", "Time from arrival to the end of generation.");
+        scalar(
+            &mut out,
+            "edgelm_prompt_tokens_total",
+            "counter",
+            "Prompt tokens of finished generations.",
+            &self.prompt_tokens,
+        );
+        scalar(
+            &mut out,
+            "edgelm_prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens whose KV state was reused from the prompt cache.",
+            &self.cached_prompt_tokens,
+        );
+        scalar(
+            &mut out,
+            "edgelm_completion_tokens_total",
+            "counter",
+            "Generated tokens.",
+            &self.completion_tokens,
+        );
+        scalar(
+            &mut out,
+            "edgelm_queue_depth",
+            "gauge",
+            "Requests waiting for a generation slot.",
+            &self.queue_depth,
+        );
+        scalar(
+            &mut out,
+            "edgelm_active_slots",
+            "gauge",
+            "Slots generating now.",
+            &self.active_slots,
+        );
+        scalar(
+            &mut out,
+            "edgelm_cancelled_total",
+            "counter",
+            "Generations cancelled by a client disconnect.",
+            &self.cancelled,
+        );
+        scalar(
+            &mut out,
+            "edgelm_timed_out_total",
+            "counter",
+            "Generations ended by the request timeout.",
+            &self.timed_out,
+        );
+        scalar(
+            &mut out,
+            "edgelm_rejected_total",
+            "counter",
+            "Requests refused with 429 (queue full).",
+            &self.rejected,
+        );
+        scalar(
+            &mut out,
+            "edgelm_decode_steps_total",
+            "counter",
+            "Batched decode steps.",
+            &self.decode_steps,
+        );
+        scalar(
+            &mut out,
+            "edgelm_decode_sequences_total",
+            "counter",
+            "Sequences decoded over all steps (divided by steps: mean batch size).",
+            &self.decode_seqs,
+        );
+        self.queue_seconds.write(
+            &mut out,
+            "edgelm_queue_wait_seconds",
+            "Time from arrival to a generation slot.",
+        );
+        self.ttft_seconds.write(
+            &mut out,
+            "edgelm_time_to_first_token_seconds",
+            "Time from arrival to the first generated token.",
+        );
+        self.request_seconds.write(
+            &mut out,
+            "edgelm_request_duration_seconds",
+            "Time from arrival to the end of generation.",
+        );
         out
     }
 }

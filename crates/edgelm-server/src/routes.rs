@@ -140,7 +140,10 @@ fn body_error(st: &AppState, r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::payload_too_large(st.cfg.max_body_bytes)
     } else {
-        ApiError::bad_request(format!("Could not read the request body: {}", r.body_text()))
+        ApiError::bad_request(format!(
+            "Could not read the request body: {}",
+            r.body_text()
+        ))
     }
 }
 
@@ -255,7 +258,12 @@ async fn generate(st: Arc<AppState>, body: Result<Bytes, BytesRejection>, kind: 
     if let Err(e) = st.engine.submit(job) {
         return e.into_response();
     }
-    tracing::debug!(n_prompt, max_tokens, stream = params.stream, "request queued");
+    tracing::debug!(
+        n_prompt,
+        max_tokens,
+        stream = params.stream,
+        "request queued"
+    );
 
     // Errors before the first token are plain HTTP errors, also for streams.
     match rx.recv().await {
@@ -288,7 +296,9 @@ async fn generate(st: Arc<AppState>, body: Result<Bytes, BytesRejection>, kind: 
         };
         let mut stream = stream;
         if kind == Kind::Chat {
-            let first = stream.meta.chunk(Some(json!({"role": "assistant", "content": ""})), None);
+            let first = stream
+                .meta
+                .chunk(Some(json!({"role": "assistant", "content": ""})), None);
             stream.pending.push_back(first);
         }
         let events = futures_util::stream::unfold(stream, |mut s| async move {

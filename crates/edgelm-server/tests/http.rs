@@ -75,7 +75,11 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::Head
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 async fn post_json(app: &Router, path: &str, body: Value) -> (StatusCode, Value) {
@@ -114,13 +118,22 @@ async fn still_serves(app: &Router) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_and_completions_answer() {
-    let Some((app, state)) = server(|_| {}) else { return };
-    let (status, _, text) = send(&app, Request::get("/v1/models").body(Body::empty()).unwrap()).await;
+    let Some((app, state)) = server(|_| {}) else {
+        return;
+    };
+    let (status, _, text) = send(
+        &app,
+        Request::get("/v1/models").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["data"][0]["id"], MODEL_ID);
     let (status, _, text) = send(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
-    assert_eq!((status, text.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::OK, r#"{"status":"ok"}"#)
+    );
 
     // Non-streaming chat: greedy, so two identical requests give identical answers.
     let (status, a) = post_json(&app, "/v1/chat/completions", chat_body("Name a color.", 8)).await;
@@ -139,7 +152,13 @@ async fn chat_and_completions_answer() {
     let (_, b) = post_json(&app, "/v1/chat/completions", chat_body("Name a color.", 8)).await;
     assert_eq!(a["choices"], b["choices"]);
     // The repeated prompt reused its cached prefix.
-    assert!(b["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() > 5, "{b}");
+    assert!(
+        b["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 5,
+        "{b}"
+    );
 
     // Streaming chat: the deltas add up to the non-streamed text, then usage, then [DONE].
     let mut body = chat_body("Name a color.", 8);
@@ -147,8 +166,14 @@ async fn chat_and_completions_answer() {
     body["stream_options"] = json!({"include_usage": true});
     let (status, headers, sse) = send(&app, post("/v1/chat/completions", body.to_string())).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/event-stream"));
-    let datas: Vec<&str> = sse.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let datas: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
     assert_eq!(datas.last(), Some(&"[DONE]"), "{sse}");
     let chunks: Vec<Value> = datas[..datas.len() - 1]
         .iter()
@@ -161,10 +186,16 @@ async fn chat_and_completions_answer() {
         .collect();
     assert_eq!(streamed, text);
     let fin = &chunks[chunks.len() - 2];
-    assert_eq!(fin["choices"][0]["finish_reason"], a["choices"][0]["finish_reason"]);
+    assert_eq!(
+        fin["choices"][0]["finish_reason"],
+        a["choices"][0]["finish_reason"]
+    );
     let usage = &chunks[chunks.len() - 1];
     assert_eq!(usage["choices"], json!([]));
-    assert_eq!(usage["usage"]["completion_tokens"], a["usage"]["completion_tokens"]);
+    assert_eq!(
+        usage["usage"]["completion_tokens"],
+        a["usage"]["completion_tokens"]
+    );
 
     // Completions, with a stop string and a seed (same seed, same text).
     let body = json!({"prompt": "The numbers: 1, 2, 3,", "max_tokens": 12, "temperature": 0.9,
@@ -184,14 +215,22 @@ async fn chat_and_completions_answer() {
 
     // Metrics count what happened.
     let (_, _, m) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
-    assert!(m.contains("edgelm_requests_total{route=\"/v1/chat/completions\",code=\"200\"} 3"), "{m}");
-    assert!(m.contains("edgelm_time_to_first_token_seconds_count 6"), "{m}");
+    assert!(
+        m.contains("edgelm_requests_total{route=\"/v1/chat/completions\",code=\"200\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("edgelm_time_to_first_token_seconds_count 6"),
+        "{m}"
+    );
     assert!(state.metrics().completion_tokens.load(Ordering::Relaxed) > 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_mode_output_is_valid_json() {
-    let Some((app, _)) = server(|_| {}) else { return };
+    let Some((app, _)) = server(|_| {}) else {
+        return;
+    };
     for (max_tokens, prompt) in [
         (60, "Describe a cat as a JSON object with name and age."),
         // Too few tokens for what the model wants to write: the object is closed in time.
@@ -212,7 +251,9 @@ async fn json_mode_output_is_valid_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_openai_shaped_and_the_server_keeps_serving() {
-    let Some((app, _)) = server(|c| c.api_key = Some("sekret".into())) else { return };
+    let Some((app, _)) = server(|c| c.api_key = Some("sekret".into())) else {
+        return;
+    };
     let authed = |mut r: Request<Body>| {
         r.headers_mut()
             .insert(header::AUTHORIZATION, "Bearer sekret".parse().unwrap());
@@ -256,15 +297,28 @@ async fn errors_are_openai_shaped_and_the_server_keeps_serving() {
     // 400 context_length_exceeded: a prompt longer than the context, or prompt + max_tokens.
     let long = "word ".repeat(400);
     let (s, _, v) = call(authed(post(chat, chat_body(&long, 4).to_string()))).await;
-    assert_openai_error(s, &v, StatusCode::BAD_REQUEST, Some("context_length_exceeded"));
+    assert_openai_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        Some("context_length_exceeded"),
+    );
     let (s, _, v) = call(authed(post(chat, chat_body("Hi", 1000).to_string()))).await;
-    assert_openai_error(s, &v, StatusCode::BAD_REQUEST, Some("context_length_exceeded"));
+    assert_openai_error(
+        s,
+        &v,
+        StatusCode::BAD_REQUEST,
+        Some("context_length_exceeded"),
+    );
     // 404: unknown model, unknown route.
     let mut body = chat_body("Hi", 2);
     body["model"] = json!("gpt-17");
     let (s, _, v) = call(authed(post(chat, body.to_string()))).await;
     assert_openai_error(s, &v, StatusCode::NOT_FOUND, Some("model_not_found"));
-    let (s, _, v) = call(authed(Request::get("/v1/nothing").body(Body::empty()).unwrap())).await;
+    let (s, _, v) = call(authed(
+        Request::get("/v1/nothing").body(Body::empty()).unwrap(),
+    ))
+    .await;
     assert_openai_error(s, &v, StatusCode::NOT_FOUND, None);
     // 413: a body over the limit.
     let huge = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(100 << 10));
@@ -278,7 +332,9 @@ async fn errors_are_openai_shaped_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_never_crash() {
-    let Some((app, _)) = server(|_| {}) else { return };
+    let Some((app, _)) = server(|_| {}) else {
+        return;
+    };
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -319,11 +375,19 @@ async fn hostile_bodies_never_crash() {
     }
     for b in bodies {
         for path in ["/v1/chat/completions", "/v1/completions"] {
-            let resp = app.clone().oneshot(post(path, b.clone())).await.expect("infallible");
+            let resp = app
+                .clone()
+                .oneshot(post(path, b.clone()))
+                .await
+                .expect("infallible");
             let status = resp.status();
             let bytes = resp.into_body().collect().await.expect("body").to_bytes();
             if status != StatusCode::OK {
-                assert!(status.is_client_error(), "{status} for {:?}", String::from_utf8_lossy(&b));
+                assert!(
+                    status.is_client_error(),
+                    "{status} for {:?}",
+                    String::from_utf8_lossy(&b)
+                );
                 let v: Value = serde_json::from_slice(&bytes).expect("JSON error body");
                 assert!(v["error"]["message"].is_string());
             }
@@ -355,17 +419,38 @@ async fn full_queue_is_429_and_disconnect_cancels() {
     // One request may wait; the next is refused with 429 and Retry-After.
     let waiting = {
         let app = app.clone();
-        tokio::spawn(async move { post_json(&app, "/v1/completions", json!({"prompt": "Hi", "max_tokens": 2})).await })
+        tokio::spawn(async move {
+            post_json(
+                &app,
+                "/v1/completions",
+                json!({"prompt": "Hi", "max_tokens": 2}),
+            )
+            .await
+        })
     };
     let t0 = Instant::now();
     while state.metrics().queue_depth.load(Ordering::SeqCst) < 1 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "the second request never queued");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the second request never queued"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (s, h, t) = send(&app, post("/v1/completions", json!({"prompt": "Hi"}).to_string())).await;
+    let (s, h, t) = send(
+        &app,
+        post("/v1/completions", json!({"prompt": "Hi"}).to_string()),
+    )
+    .await;
     let v: Value = serde_json::from_str(&t).unwrap();
     assert_openai_error(s, &v, StatusCode::TOO_MANY_REQUESTS, Some("queue_full"));
-    assert!(h[header::RETRY_AFTER].to_str().unwrap().parse::<u32>().unwrap() >= 1);
+    assert!(
+        h[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            >= 1
+    );
 
     // Dropping the stream cancels its generation; the waiting request then runs.
     drop(stream);
@@ -380,21 +465,38 @@ async fn full_queue_is_429_and_disconnect_cancels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompt_cache_reuses_a_conversation_prefix() {
-    let Some((app, _)) = server(|c| c.engine.n_ctx = 512) else { return };
+    let Some((app, _)) = server(|c| c.engine.n_ctx = 512) else {
+        return;
+    };
     let system = "You are a helpful assistant who answers briefly. ".repeat(6);
     let mut messages = vec![
         json!({"role": "system", "content": system}),
         json!({"role": "user", "content": "What is two plus two?"}),
     ];
-    let (_, v1) = post_json(&app, "/v1/chat/completions", json!({"messages": messages, "max_tokens": 8, "temperature": 0})).await;
+    let (_, v1) = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": messages, "max_tokens": 8, "temperature": 0}),
+    )
+    .await;
     let n1 = v1["usage"]["prompt_tokens"].as_u64().unwrap();
     assert_eq!(v1["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     messages.push(json!({"role": "assistant", "content": v1["choices"][0]["message"]["content"]}));
     messages.push(json!({"role": "user", "content": "And three plus three?"}));
-    let (_, v2) = post_json(&app, "/v1/chat/completions", json!({"messages": messages, "max_tokens": 8, "temperature": 0})).await;
-    let cached = v2["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    let (_, v2) = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": messages, "max_tokens": 8, "temperature": 0}),
+    )
+    .await;
+    let cached = v2["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
     // At least the whole first prompt (system prompt and first turn) came from the cache.
-    assert!(cached >= n1, "cached {cached} of the first prompt's {n1}: {v2}");
+    assert!(
+        cached >= n1,
+        "cached {cached} of the first prompt's {n1}: {v2}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,6 +509,9 @@ async fn request_timeout_ends_a_generation_cleanly() {
     let (status, v) = post_json(&app, "/v1/completions", body).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
-    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() < 240, "{v}");
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() < 240,
+        "{v}"
+    );
     assert_eq!(state.metrics().timed_out.load(Ordering::Relaxed), 1);
 }

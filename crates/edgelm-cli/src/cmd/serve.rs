@@ -108,9 +108,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr().context("no local address")?;
         eprintln!("listening on http://{local}");
-        edgelm_server::serve(listener, Arc::clone(&state), edgelm_server::shutdown_signal())
-            .await
-            .context("server error")?;
+        edgelm_server::serve(
+            listener,
+            Arc::clone(&state),
+            edgelm_server::shutdown_signal(),
+        )
+        .await
+        .context("server error")?;
         eprintln!("server stopped");
         Ok(())
     })
