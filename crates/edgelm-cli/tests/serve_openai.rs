@@ -117,3 +117,31 @@ fn openai_python_client_against_the_real_server() {
     assert!(log.contains("server stopped"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn serve_usage_and_startup_errors() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_edgelm"))
+            .args(args)
+            .env("EDGELM_OFFLINE", "1")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("spawn edgelm")
+    };
+    let o = run(&["serve", "--port", "99999"]);
+    assert_eq!(o.status.code(), Some(2), "bad port is a usage error");
+    let o = run(&["serve", "--slots", "0"]);
+    assert_eq!(o.status.code(), Some(2), "zero slots is a usage error");
+    let o = run(&["serve", "-m", "/nonexistent/model.gguf"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+    let Some(model) = real_model() else { return };
+    // A port already taken: a clear error, exit 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let o = run(&["serve", "-m", model.to_str().unwrap(), "--port", &port]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
