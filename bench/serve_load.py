@@ -79,10 +79,13 @@ class Server:
                    "--queue", "64", "--alias", "m", *extra]
         else:
             # llama-cpp-python's server runs one request at a time (a lock around its one
-            # context); other requests wait for it.
+            # context); the others wait. By default a new request interrupts the running
+            # stream (which then ends without [DONE]): --interrupt_requests False keeps every
+            # request whole. Flash attention on, as llama.cpp's own default on CPU.
             cmd = [str(LCP_VENV / "bin/python"), "-m", "llama_cpp.server", "--model", str(model),
                    "--port", str(self.port), "--n_threads", str(threads), "--n_threads_batch",
-                   str(threads), "--n_ctx", str(ctx), "--model_alias", "m", *extra]
+                   str(threads), "--n_ctx", str(ctx), "--model_alias", "m",
+                   "--interrupt_requests", "False", "--flash_attn", "True", *extra]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.base = f"http://127.0.0.1:{self.port}"
