@@ -10,7 +10,8 @@ request, reads the stream to the end, sends the next; no new request after --dur
 request must complete (HTTP 200 and a stream ending in [DONE]) or get a clean 429. Reports per
 run: requests, 429s, failures, p50/p95 time to first token (first content delta), aggregate
 completion tokens/s (all tokens over the wall time until the last stream ends) and the server's
-peak RSS; then medians over the rounds and the ratios edgelm / llama.cpp.
+peak RSS (the run fails if edgelm's exceeds --max-rss-mib, default 1024); then medians over the
+rounds and the ratios edgelm / llama.cpp.
 
 `cache`: one client holds a multi-turn conversation with a long system prompt against edgelm
 with its prompt cache and with --no-prompt-cache; reports the median TTFT of turns 2.. each way.
@@ -230,6 +231,9 @@ def cmd_load(a):
     bad = sum(r["failed"] for v in runs.values() for r in v)
     if bad:
         sys.exit(f"{bad} requests failed")
+    peak = max((r["peak_rss_mib"] for r in runs.get("edgelm", [])), default=0)
+    if peak > a.max_rss_mib:
+        sys.exit(f"edgelm's RSS reached {peak:.0f} MiB, over the {a.max_rss_mib} MiB bound")
 
 
 async def conversation(base, turns, max_tokens):
@@ -298,6 +302,8 @@ def main():
     p.add_argument("--ctx", type=int, default=2048)
     p.add_argument("--turns", type=int, default=6)
     p.add_argument("--servers", default="edgelm,llama")
+    p.add_argument("--max-rss-mib", type=float, default=1024,
+                   help="fail when edgelm's peak RSS exceeds this")
     a = p.parse_args()
     if a.mode == "load":
         cmd_load(a)

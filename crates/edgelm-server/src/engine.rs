@@ -162,6 +162,12 @@ impl Engine {
         cfg: EngineConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Engine, edgelm_model::ModelError> {
+        if cfg.n_slots == 0 {
+            return Err(edgelm_model::ModelError::InvalidArgument {
+                name: "n_slots",
+                reason: "the server needs at least one slot".into(),
+            });
+        }
         let chunk = cfg.prefill_chunk.clamp(1, cfg.n_ctx);
         let slots = (0..cfg.n_slots)
             .map(|_| {
@@ -172,7 +178,7 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, edgelm_model::ModelError>>()?;
-        let batch = model.new_decode_batch(cfg.n_slots.max(1))?;
+        let batch = model.new_decode_batch(cfg.n_slots)?;
         let shared = Arc::new(Shared {
             metrics,
             draining: AtomicBool::new(false),
