@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command (README): installs nothing beyond the Rust toolchain (and, with apt,
-# an aarch64 cross linker and qemu-user), fetches the default model into the cache if it is
-# missing, then runs formatting, lints and every test.
+# The project's test command (README): installs nothing beyond the Rust toolchain, a Python
+# virtualenv with the openai client (scripts/py-venv.sh, for the server tests) and, with apt, an
+# aarch64 cross linker, qemu-user, gcc and valgrind; fetches the default model into the cache if
+# it is missing, then runs formatting, lints and every test.
 # Tests that need ../shared/data or the model say so and skip when those are absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,8 @@ if aarch64_tools && rustup target list --installed 2>/dev/null | grep -qx aarch6
 else
   echo "skipped: qemu-aarch64 / aarch64-linux-gnu-gcc unavailable (no apt-get or no root)"
 fi
+echo "== Python virtualenv with the openai client (server tests; cached in ~/.cache/edgelm-venv)"
+bash scripts/py-venv.sh >/dev/null || echo "warning: no Python virtualenv; the openai-client server test will skip"
 echo "== cargo test"
 cargo test --workspace --release --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/edgelm-test.log"
 echo "== C API example (gcc, real model, valgrind)"

@@ -37,6 +37,8 @@ enum Command {
     Fetch(cmd::fetch::FetchArgs),
     /// Measure prompt-processing and generation speed, as llama-bench does.
     Bench(cmd::bench::BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(cmd::serve::ServeArgs),
 }
 
 impl Command {
@@ -49,6 +51,7 @@ impl Command {
             Command::Perplexity(a) => &a.global,
             Command::Fetch(a) => &a.global,
             Command::Bench(a) => &a.global,
+            Command::Serve(a) => &a.global,
         }
     }
 }
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,8 @@ use crate::kern::{self, act_bytes};
 use crate::weights::{Matrix, Weights};
 use crate::{CacheType, Logits, Model, ModelError, State};
 
+pub(crate) mod many;
+
 /// Largest head dimension the forward pass handles (checked when the model loads).
 pub(crate) const MAX_HEAD_DIM: usize = 512;
 

@@ -20,6 +20,7 @@ use half::f16;
 
 pub use config::{Arch, ModelConfig};
 pub use error::ModelError;
+pub use forward::many::DecodeBatch;
 
 use weights::Weights;
 
@@ -306,6 +307,28 @@ impl Model {
         logits: Logits,
     ) -> Result<&'s [f32], ModelError> {
         forward::forward(self, pool, state, tokens, logits)
+    }
+
+    /// Scratch for [`Model::forward_decode`] steps of up to `max_seqs` sequences.
+    pub fn new_decode_batch(&self, max_seqs: usize) -> Result<DecodeBatch, ModelError> {
+        forward::many::new_decode_batch(self, max_seqs)
+    }
+
+    /// One decode step for several sequences at once (continuous batching): `seqs[t]` (each
+    /// with an F16 cache) takes `tokens[t]` at its own position. Returns one row of logits per
+    /// sequence, bit-identical to what [`Model::forward`] would return for each alone, but the
+    /// weights are read once for all of them.
+    ///
+    /// Errors, leaving every state unchanged: no tokens, `seqs.len() != tokens.len()`, more
+    /// sequences than `batch` holds, a token id `>= n_vocab`, a Q8_0 cache, or a full context.
+    pub fn forward_decode<'b>(
+        &self,
+        pool: &edgelm_kernels::ThreadPool,
+        batch: &'b mut DecodeBatch,
+        seqs: &mut [&mut State],
+        tokens: &[u32],
+    ) -> Result<&'b [f32], ModelError> {
+        forward::many::forward_decode(self, pool, batch, seqs, tokens)
     }
 }
 

@@ -467,3 +467,73 @@ fn unsupported_arch_is_rejected() {
         other => panic!("expected UnsupportedArch, got {:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn decode_many_equals_each_sequence_alone() {
+    for matrix_ty in [GgmlType::F32, GgmlType::Q8_0] {
+        let (file, _) = build(&Spec {
+            matrix_ty,
+            ..Spec::default()
+        });
+        let model = Model::load(file).expect("load");
+        let pool = pool();
+        let prompts: [&[u32]; 3] = [&TOKENS[..3], &TOKENS[2..9], &[5]];
+        let (mut alone, mut batched): (Vec<_>, Vec<_>) = prompts
+            .iter()
+            .map(|p| {
+                let mut a = model.new_state(32, 8).expect("state");
+                let mut b = model.new_state(32, 8).expect("state");
+                model.forward(&pool, &mut a, p, Logits::Last).expect("fwd");
+                model.forward(&pool, &mut b, p, Logits::Last).expect("fwd");
+                (a, b)
+            })
+            .unzip();
+        let mut batch = model.new_decode_batch(4).expect("batch");
+        for step in 0..5u32 {
+            // The third sequence sits out every other step: batches of 3 and 2.
+            let live: Vec<usize> = (0..3).filter(|&i| i < 2 || step % 2 == 0).collect();
+            let tokens: Vec<u32> = live
+                .iter()
+                .map(|&i| (step * 7 + i as u32 * 13) % V as u32)
+                .collect();
+            let mut seqs: Vec<&mut edgelm_model::State> = batched
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| live.contains(i))
+                .map(|(_, s)| s)
+                .collect();
+            let rows = model
+                .forward_decode(&pool, &mut batch, &mut seqs, &tokens)
+                .expect("decode")
+                .to_vec();
+            for (row, (&i, &tok)) in live.iter().zip(&tokens).enumerate() {
+                let one = model
+                    .forward(&pool, &mut alone[i], &[tok], Logits::Last)
+                    .expect("decode alone");
+                assert_eq!(
+                    one,
+                    &rows[row * V..(row + 1) * V],
+                    "{matrix_ty}: step {step}, sequence {i}"
+                );
+                assert_eq!(alone[i].pos(), batched[i].pos());
+            }
+        }
+        // Errors leave the states alone.
+        let pos: Vec<usize> = batched.iter().map(|s| s.pos()).collect();
+        let mut seqs: Vec<&mut edgelm_model::State> = batched.iter_mut().collect();
+        assert!(model
+            .forward_decode(&pool, &mut batch, &mut seqs, &[1, 2])
+            .is_err());
+        assert!(model
+            .forward_decode(&pool, &mut batch, &mut seqs, &[1, 2, V as u32])
+            .is_err());
+        assert!(model
+            .forward_decode(&pool, &mut batch, &mut [], &[])
+            .is_err());
+        let mut small = model.new_decode_batch(2).expect("batch");
+        assert!(model
+            .forward_decode(&pool, &mut small, &mut seqs, &[1, 2, 3])
+            .is_err());
+        assert_eq!(pos, batched.iter().map(|s| s.pos()).collect::<Vec<_>>());
+    }
+}

@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod info;
 pub mod perplexity;
 pub mod run;
+pub mod serve;
 pub mod tokenize;
 
 use std::io;
