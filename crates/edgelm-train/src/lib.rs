@@ -1,0 +1,13 @@
+//! Training on the CPU: f32 forward and backward of the llama architecture, the optimizer and
+//! its schedule. Must not know about the CLI or files other than GGUF (weights in) and
+//! safetensors (weights, gradients and checkpoints).
+//!
+//! The model here is a second definition of the architecture `edgelm-model` runs: inference
+//! multiplies quantized weights by quantized activations and keeps no activations; training
+//! needs f32 master weights, f32 activations saved for the backward, and a gradient per op.
+//! The forward follows `edgelm-model`'s math (RMSNorm, RoPE pairs, GQA head mapping, SwiGLU,
+//! tied embeddings); `tests/real_model.rs` checks the two agree on the real model.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod ops;
