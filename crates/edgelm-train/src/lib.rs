@@ -11,3 +11,14 @@
 #![warn(missing_docs)]
 
 pub mod ops;
+mod config;
+mod error;
+mod model;
+pub mod optim;
+mod params;
+
+pub use config::ConfigFile;
+pub use error::TrainError;
+pub use model::{backward, forward, TrainModel, Workspace};
+pub use ops::IGNORE;
+pub use params::{ParamLayout, TensorSpec};
