@@ -16,6 +16,7 @@ mod error;
 mod model;
 pub mod optim;
 mod params;
+pub mod st;
 
 pub use config::ConfigFile;
 pub use error::TrainError;

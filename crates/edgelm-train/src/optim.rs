@@ -62,6 +62,17 @@ impl AdamW {
         }
     }
 
+    /// Zero moments for one tensor of `n` values (`decayed`: whether weight decay applies).
+    pub fn for_tensor(config: AdamWConfig, n: usize, decayed: bool) -> AdamW {
+        AdamW {
+            config,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            step: 0,
+            groups: vec![(0..n, decayed)],
+        }
+    }
+
     /// One update of `params` with `grads` at learning rate `lr`, as PyTorch computes it:
     /// `p ← p·(1 − lr·wd)`, `m ← m + (1−β₁)(g − m)`, `v ← β₂v + (1−β₂)g²`,
     /// `p ← p − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + ε)`.
