@@ -70,6 +70,22 @@ pub enum TrainError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The loss or the gradients stopped being finite; the weights were not updated.
+    #[error("step {step}: the {what} is not finite (NaN or infinite); stopping before the weights change")]
+    NonFinite {
+        /// The update that failed (1-based).
+        step: u64,
+        /// "loss" or "gradient norm".
+        what: &'static str,
+    },
+    /// A checkpoint cannot be resumed.
+    #[error("checkpoint {path} cannot be resumed: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A buffer size overflowed.
     #[error("size overflow computing {what}")]
     Overflow {

@@ -17,6 +17,7 @@ mod model;
 pub mod optim;
 mod params;
 pub mod st;
+pub mod train;
 
 pub use config::ConfigFile;
 pub use error::TrainError;

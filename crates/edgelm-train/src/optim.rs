@@ -2,12 +2,13 @@
 //! schedule (linear warm-up, cosine decay) and gradient clipping by global norm.
 
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::params::ParamLayout;
 
 /// AdamW hyper-parameters (PyTorch's defaults except the weight decay, 0.1 as GPT-style
 /// training uses).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
     /// β₁.
     pub beta1: f32,
@@ -110,7 +111,7 @@ impl AdamW {
 
 /// Linear warm-up to `max_lr` over `warmup_steps`, then cosine decay to `min_lr` at
 /// `total_steps` (and `min_lr` after).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
     /// Peak learning rate.
     pub max_lr: f32,
@@ -143,10 +144,13 @@ impl Schedule {
 /// the gradients by `max_norm / (norm + 1e-6)` as PyTorch's `clip_grad_norm_` does. Returns
 /// the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
-    let sq: f64 = grads
+    // Partial sums collected in order and added serially: the same result at any thread count
+    // and scheduling (a resumed run must repeat the uninterrupted one bit for bit).
+    let partial: Vec<f64> = grads
         .par_chunks(4096)
         .map(|c| c.iter().map(|&g| g as f64 * g as f64).sum::<f64>())
-        .sum();
+        .collect();
+    let sq: f64 = partial.iter().sum();
     let norm = sq.sqrt() as f32;
     if max_norm > 0.0 && norm > max_norm {
         let coef = max_norm / (norm + 1e-6);
