@@ -4,7 +4,7 @@
 //!
 //! Checkpoints: `OUT/checkpoint.safetensors` (weights, AdamW state, step, data cursor),
 //! replaced atomically every `--save-every` steps and at the end; `--resume` continues one
-//! exactly. A NaN/infinite loss stops the run with exit 1 and leaves the last checkpoint.
+//! exactly (`--stop-after` ends an invocation early on purpose). A NaN/infinite loss stops the run with exit 1 and leaves the last checkpoint.
 //!
 //! Output: a progress bar on stderr (loss, tokens/s; hidden with `-q`, `--json` or off a
 //! terminal). `--json`: JSON Lines on stdout, one object per event:
@@ -84,6 +84,10 @@ pub struct FinetuneArgs {
     /// Seed of the data order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Stop after this many steps in this invocation (saving a checkpoint), though the
+    /// schedule spans --steps: for time-boxed sessions continued with --resume.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stop_after: Option<u64>,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -185,6 +189,7 @@ fn train_loop(
     let mut out = std::io::stdout().lock();
     let first = trainer.step_count();
     let total = args.steps;
+    let stop = args.stop_after.map_or(total, |n| (first + n).min(total));
     let bar = ProgressBar::new(total);
     if json || args.global.quiet {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -204,7 +209,7 @@ fn train_loop(
         }
         Ok(())
     };
-    for _ in first..total {
+    for _ in first..stop {
         let t0 = Instant::now();
         let s = match trainer.step(train_data) {
             Ok(s) => s,
@@ -227,7 +232,7 @@ fn train_loop(
             json!({"event": "step", "step": s.step, "loss": s.loss, "lr": s.lr,
                    "grad_norm": s.grad_norm, "tokens": s.tokens, "tokens_per_s": tps}),
         )?;
-        let last = s.step == total;
+        let last = s.step == stop;
         if !eval_data.is_empty()
             && (last || (args.eval_every > 0 && s.step.is_multiple_of(args.eval_every)))
         {
