@@ -15,6 +15,10 @@ Usage:
   torch_grad.py weights --weights W.safetensors --out GRADS.safetensors
       Weights and batch exported by edgelm (config in the metadata, `tokens`/`targets` I64
       tensors); writes the float64 loss and gradients.
+  torch_grad.py bench --config CONFIG.json [--batch B --seq-len T --steps N --threads K]
+      Times float32 training steps (forward, backward, AdamW) of the same architecture with
+      random weights, PyTorch's fused causal attention (scaled_dot_product_attention);
+      prints `median_step_ms X` (the comparison in bench/train_compare.py).
 
 Output tensors: `weights.<name>` (random mode only), `grads.<name>` (f32 of the float64
 gradients), `tokens`, `targets` (I64, -1 = ignored); metadata `edgelm.config` (JSON),
@@ -109,6 +113,59 @@ def loss_fn(cfg, w, tokens, targets):
     )
 
 
+def bench(a):
+    import time
+
+    torch.set_num_threads(a.threads)
+    cfg = json.load(open(a.config))
+    c, h, kv = cfg["n_embd"], cfg["n_head"], cfg["n_head_kv"]
+    d = cfg.get("head_dim") or c // h
+    w = {}
+    for name, shape in param_names(cfg):
+        t = torch.ones(shape) if len(shape) == 1 else 0.02 * torch.randn(shape)
+        w[name] = t.requires_grad_(True)
+    opt = torch.optim.AdamW(list(w.values()), lr=1e-5, weight_decay=0.1)
+    b, t = a.batch, a.seq_len
+    tokens = torch.randint(0, cfg["n_vocab"], (b, t))
+    targets = torch.randint(0, cfg["n_vocab"], (b, t))
+    eps = cfg["rms_eps"]
+    theta = cfg.get("rope_theta") or 10000.0
+    mode = "norm" if cfg["arch"] == "llama" else "neox"
+
+    def step_loss():
+        x = w["token_embd.weight"][tokens]
+        for i in range(cfg["n_layer"]):
+            p = f"blk.{i}."
+            n1 = rmsnorm(x, w[p + "attn_norm.weight"], eps)
+            q = rope((n1 @ w[p + "attn_q.weight"].T).view(b, t, h, d), theta, mode)
+            k = rope((n1 @ w[p + "attn_k.weight"].T).view(b, t, kv, d), theta, mode)
+            v = (n1 @ w[p + "attn_v.weight"].T).view(b, t, kv, d)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            k = k.repeat_interleave(h // kv, dim=1)
+            v = v.repeat_interleave(h // kv, dim=1)
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + y.transpose(1, 2).reshape(b, t, h * d) @ w[p + "attn_output.weight"].T
+            n2 = rmsnorm(x, w[p + "ffn_norm.weight"], eps)
+            g = torch.nn.functional.silu(n2 @ w[p + "ffn_gate.weight"].T)
+            x = x + (g * (n2 @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
+        xf = rmsnorm(x, w["output_norm.weight"], eps)
+        out = w["token_embd.weight"] if cfg["tied_output"] else w["output.weight"]
+        return torch.nn.functional.cross_entropy((xf @ out.T).reshape(-1, cfg["n_vocab"]),
+                                                 targets.reshape(-1))
+
+    times = []
+    for i in range(a.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = step_loss()
+        loss.backward()
+        opt.step()
+        times.append((time.perf_counter() - t0) * 1e3)
+        print(f"step {i}: loss {loss.item():.4f} {times[-1]:.0f} ms", flush=True)
+    times.sort()
+    print(f"median_step_ms {times[len(times) // 2]:.1f}")
+
+
 def grads(cfg, weights32, tokens, targets, dtype):
     w = {k: v.to(dtype).detach().requires_grad_(True) for k, v in weights32.items()}
     loss = loss_fn(cfg, w, tokens, targets)
@@ -187,7 +244,15 @@ def main():
     wp.add_argument("--weights", required=True)
     wp.add_argument("--out", required=True)
     wp.add_argument("--threads", type=int, default=0)
+    bp = sub.add_parser("bench")
+    bp.add_argument("--config", required=True)
+    bp.add_argument("--batch", type=int, default=2)
+    bp.add_argument("--seq-len", type=int, default=64)
+    bp.add_argument("--steps", type=int, default=5)
+    bp.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    if a.mode == "bench":
+        return bench(a)
 
     if a.mode == "random":
         torch.set_num_threads(1)
