@@ -48,8 +48,25 @@ fn finetune(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg(data)
         .arg("--out")
         .arg(out)
-        .args(["--batch", "1", "--seq-len", "16", "--warmup", "1", "--lr", "1e-4"])
-        .args(["--eval-every", "0", "--save-every", "0", "--json", "-t", "2"])
+        .args([
+            "--batch",
+            "1",
+            "--seq-len",
+            "16",
+            "--warmup",
+            "1",
+            "--lr",
+            "1e-4",
+        ])
+        .args([
+            "--eval-every",
+            "0",
+            "--save-every",
+            "0",
+            "--json",
+            "-t",
+            "2",
+        ])
         .args(extra)
         .output()
         .expect("spawn edgelm")
@@ -77,16 +94,35 @@ fn resumed_run_equals_the_uninterrupted_one() {
     std::fs::write(&data, TEXT).unwrap();
 
     let full = finetune(&model, &data, &dir.path().join("full"), &["--steps", "3"]);
-    assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
     let ev = events(&full);
     let full_losses = step_losses(&ev);
-    assert_eq!(full_losses.iter().map(|x| x.0).collect::<Vec<_>>(), [1, 2, 3]);
-    assert!(ev.iter().any(|e| e["event"] == "eval"), "a final evaluation");
+    assert_eq!(
+        full_losses.iter().map(|x| x.0).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(
+        ev.iter().any(|e| e["event"] == "eval"),
+        "a final evaluation"
+    );
     assert_eq!(ev.last().unwrap()["event"], "done");
 
     let part_dir = dir.path().join("part");
-    let part = finetune(&model, &data, &part_dir, &["--steps", "3", "--stop-after", "2"]);
-    assert!(part.status.success(), "{}", String::from_utf8_lossy(&part.stderr));
+    let part = finetune(
+        &model,
+        &data,
+        &part_dir,
+        &["--steps", "3", "--stop-after", "2"],
+    );
+    assert!(
+        part.status.success(),
+        "{}",
+        String::from_utf8_lossy(&part.stderr)
+    );
     let ckpt = part_dir.join("checkpoint.safetensors");
     let resumed = finetune(
         &model,
@@ -94,13 +130,23 @@ fn resumed_run_equals_the_uninterrupted_one() {
         &part_dir,
         &["--steps", "3", "--resume", ckpt.to_str().unwrap()],
     );
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     let mut losses = step_losses(&events(&part));
     losses.extend(step_losses(&events(&resumed)));
-    assert_eq!(losses, full_losses, "resumed losses differ from the uninterrupted run");
+    assert_eq!(
+        losses, full_losses,
+        "resumed losses differ from the uninterrupted run"
+    );
     let a = TensorFile::read(&dir.path().join("full/checkpoint.safetensors")).unwrap();
     let b = TensorFile::read(&ckpt).unwrap();
-    assert!(a.tensors == b.tensors, "final weights or optimizer state differ");
+    assert!(
+        a.tensors == b.tensors,
+        "final weights or optimizer state differ"
+    );
     assert_eq!(a.metadata, b.metadata);
 }
 
@@ -111,12 +157,22 @@ fn bad_input_fails_clearly() {
     // Not UTF-8 text: fails before the model is needed.
     let bin = dir.path().join("bin.txt");
     std::fs::write(&bin, [0xffu8, 0xfe, 0x00, 0x81]).unwrap();
-    let o = finetune(Path::new("/nonexistent.gguf"), &bin, &out, &["--steps", "1"]);
+    let o = finetune(
+        Path::new("/nonexistent.gguf"),
+        &bin,
+        &out,
+        &["--steps", "1"],
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cannot read the training text"), "{err}");
     // A flag out of range is a usage error.
-    let o = finetune(Path::new("/nonexistent.gguf"), &bin, &out, &["--eval-fraction", "1.5"]);
+    let o = finetune(
+        Path::new("/nonexistent.gguf"),
+        &bin,
+        &out,
+        &["--eval-fraction", "1.5"],
+    );
     assert_eq!(o.status.code(), Some(2));
 
     let Some(model) = real_model() else { return };
@@ -132,7 +188,10 @@ fn bad_input_fails_clearly() {
     );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cannot resume") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("cannot resume") && !err.contains("panicked"),
+        "{err}"
+    );
     // Text shorter than one window.
     std::fs::write(&data, "Hi.").unwrap();
     let o = finetune(&model, &data, &out, &["--steps", "1"]);

@@ -125,7 +125,11 @@ pub fn sgemm_ref(
                 s += x as f64 * y as f64;
             }
             let dst = &mut c[i * n + j];
-            *dst = if accumulate { *dst + s as f32 } else { s as f32 };
+            *dst = if accumulate {
+                *dst + s as f32
+            } else {
+                s as f32
+            };
         }
     }
 }
@@ -138,7 +142,13 @@ mod tests {
     #[test]
     fn sgemm_matches_reference_in_every_layout() {
         let mut seed = 7u64;
-        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (17, 33, 65), (64, 48, 96), (5, 130, 3)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 33, 65),
+            (64, 48, 96),
+            (5, 130, 3),
+        ] {
             for a_l in [Layout::Normal, Layout::Transposed] {
                 for b_l in [Layout::Normal, Layout::Transposed] {
                     for acc in [false, true] {
@@ -170,7 +180,24 @@ mod tests {
         let a = vec![0.0f32; 5];
         let b = vec![0.0f32; 6];
         let mut c = vec![0.0f32; 6];
-        let e = sgemm(2, 3, 3, &a, Layout::Normal, &b, Layout::Normal, &mut c, false, 1);
-        assert!(matches!(e, Err(KernelError::BadLength { what: "sgemm A", .. })));
+        let e = sgemm(
+            2,
+            3,
+            3,
+            &a,
+            Layout::Normal,
+            &b,
+            Layout::Normal,
+            &mut c,
+            false,
+            1,
+        );
+        assert!(matches!(
+            e,
+            Err(KernelError::BadLength {
+                what: "sgemm A",
+                ..
+            })
+        ));
     }
 }

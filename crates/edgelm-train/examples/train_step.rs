@@ -11,7 +11,9 @@ use edgelm_train::{backward, forward, TrainModel, Workspace};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).expect("usage: train_step MODEL.gguf [B T STEPS THREADS]");
+    let path = args
+        .get(1)
+        .expect("usage: train_step MODEL.gguf [B T STEPS THREADS]");
     let num = |i: usize, d: usize| args.get(i).map_or(d, |s| s.parse().expect("a number"));
     let (b, t, steps, threads) = (num(2, 2), num(3, 64), num(4, 5), num(5, 2));
     rayon::ThreadPoolBuilder::new()

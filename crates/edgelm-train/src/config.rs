@@ -62,7 +62,10 @@ impl ConfigFile {
         if !self.n_head.is_multiple_of(self.n_head_kv) {
             return Err(bad(
                 "n_head_kv",
-                format!("{} heads are not a multiple of {}", self.n_head, self.n_head_kv),
+                format!(
+                    "{} heads are not a multiple of {}",
+                    self.n_head, self.n_head_kv
+                ),
             ));
         }
         let head_dim = match self.head_dim {
@@ -71,10 +74,16 @@ impl ConfigFile {
             None => return Err(bad("n_embd", "not a multiple of n_head".into())),
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(bad("head_dim", format!("{head_dim} must be even and positive")));
+            return Err(bad(
+                "head_dim",
+                format!("{head_dim} must be even and positive"),
+            ));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
-            return Err(bad("rms_eps", format!("{} is not finite and >= 0", self.rms_eps)));
+            return Err(bad(
+                "rms_eps",
+                format!("{} is not finite and >= 0", self.rms_eps),
+            ));
         }
         let rope_theta = self.rope_theta.unwrap_or(10000.0);
         if !(rope_theta.is_finite() && rope_theta > 0.0) {

@@ -10,10 +10,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod ops;
 mod config;
 mod error;
 mod model;
+pub mod ops;
 pub mod optim;
 mod params;
 pub mod st;

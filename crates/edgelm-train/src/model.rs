@@ -336,14 +336,20 @@ pub fn forward(
         )));
     }
     let v = cfg.n_vocab;
-    if let Some((i, &id)) = tokens
-        .iter()
-        .chain(targets.iter().filter(|&&x| x != IGNORE))
-        .enumerate()
-        .find(|(_, &x)| x as usize >= v)
-    {
+    for (what, ids) in [("token", tokens), ("target", targets)] {
+        if let Some((i, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &x)| x != IGNORE && x as usize >= v)
+        {
+            return Err(TrainError::BadBatch(format!(
+                "{what} id {id} at position {i} is outside the vocabulary of {v}"
+            )));
+        }
+    }
+    if let Some(i) = tokens.iter().position(|&x| x == IGNORE) {
         return Err(TrainError::BadBatch(format!(
-            "token id {id} (position {i}) is outside the vocabulary of {v}"
+            "token id {IGNORE} at position {i} is outside the vocabulary of {v}"
         )));
     }
     let n_valid = targets.iter().filter(|&&x| x != IGNORE).count();
@@ -569,17 +575,12 @@ pub fn backward(
         ops::rope_backward(&mut ws.dk, &ws.rope, t, kv, d, mode);
         let ln1 = &ws.ln1[l * nc..(l + 1) * nc];
         ws.dln.fill(0.0);
-        for (dy, w, od) in [(&ws.dq, lp.wq, qd), (&ws.dk, lp.wk, kvd), (&ws.dv, lp.wv, kvd)] {
-            ops::matmul_backward(
-                &mut ws.dln,
-                &mut grads[g(w)],
-                dy,
-                ln1,
-                model.p(w),
-                n,
-                c,
-                od,
-            );
+        for (dy, w, od) in [
+            (&ws.dq, lp.wq, qd),
+            (&ws.dk, lp.wk, kvd),
+            (&ws.dv, lp.wv, kvd),
+        ] {
+            ops::matmul_backward(&mut ws.dln, &mut grads[g(w)], dy, ln1, model.p(w), n, c, od);
         }
         ops::rmsnorm_backward(
             &mut ws.dresid,

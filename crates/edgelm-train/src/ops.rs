@@ -187,7 +187,14 @@ pub fn matmul_backward(
 /// Rotates every head of every row in place. x: [B, T, NH, D]; cache: [T, rope_dim] (cos, sin
 /// per pair, from [`edgelm_kernels::ops::rope_cache`] for positions 0..T: each sequence
 /// starts at position 0). The same rotation inference applies.
-pub fn rope_forward(x: &mut [f32], cache: &[f32], t: usize, n_heads: usize, d: usize, mode: RopeMode) {
+pub fn rope_forward(
+    x: &mut [f32],
+    cache: &[f32],
+    t: usize,
+    n_heads: usize,
+    d: usize,
+    mode: RopeMode,
+) {
     let rd = cache.len() / t;
     x.par_chunks_mut(n_heads * d)
         .enumerate()
@@ -201,7 +208,14 @@ pub fn rope_forward(x: &mut [f32], cache: &[f32], t: usize, n_heads: usize, d: u
 }
 
 /// dx = Rᵀ · dout in place (the rotation by −θ). Shapes as [`rope_forward`].
-pub fn rope_backward(dx: &mut [f32], cache: &[f32], t: usize, n_heads: usize, d: usize, mode: RopeMode) {
+pub fn rope_backward(
+    dx: &mut [f32],
+    cache: &[f32],
+    t: usize,
+    n_heads: usize,
+    d: usize,
+    mode: RopeMode,
+) {
     let rd = cache.len() / t;
     dx.par_chunks_mut(n_heads * d)
         .enumerate()
@@ -255,8 +269,21 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// out[b,t,h] = Σ_{s≤t} p[b,t,h,s] v[b,s,h/G] with p = softmax_s(q[b,t,h]·k[b,s,h/G] / √D).
 /// out, q: [B, T, H·D]; k, v: [B, T, KV·D]; att (saved probabilities): [B, T, H, T], zero
 /// above the diagonal.
-pub fn attention_forward(out: &mut [f32], att: &mut [f32], q: &[f32], k: &[f32], v: &[f32], sh: AttnShape) {
-    let AttnShape { t, n_head, n_head_kv, d, .. } = sh;
+pub fn attention_forward(
+    out: &mut [f32],
+    att: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    sh: AttnShape,
+) {
+    let AttnShape {
+        t,
+        n_head,
+        n_head_kv,
+        d,
+        ..
+    } = sh;
     let (qd, kvd) = (n_head * d, n_head_kv * d);
     let group = n_head / n_head_kv;
     let scale = sh.scale();
@@ -312,7 +339,13 @@ pub fn attention_backward(
     v: &[f32],
     sh: AttnShape,
 ) {
-    let AttnShape { t, n_head, n_head_kv, d, .. } = sh;
+    let AttnShape {
+        t,
+        n_head,
+        n_head_kv,
+        d,
+        ..
+    } = sh;
     let (qd, kvd) = (n_head * d, n_head_kv * d);
     let group = n_head / n_head_kv;
     let scale = sh.scale();
@@ -423,7 +456,12 @@ pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &
 
 /// losses[i] = −log softmax(logits[i])[targets[i]], 0 where the target is [`IGNORE`].
 /// logits: [N, V]; targets, losses: [N]. Returns (Σ losses in f64, number of targets counted).
-pub fn cross_entropy_forward(losses: &mut [f32], logits: &[f32], targets: &[u32], v: usize) -> (f64, usize) {
+pub fn cross_entropy_forward(
+    losses: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    v: usize,
+) -> (f64, usize) {
     losses
         .par_iter_mut()
         .zip(logits.par_chunks(v))

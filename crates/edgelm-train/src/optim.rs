@@ -222,14 +222,25 @@ mod tests {
         let mut opt = AdamW::new(AdamWConfig::default(), &layout);
         let n = layout.n_params();
         let mut p = vec![1.0f32; n];
-        let g: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { 0.5 } else { -2.0 }).collect();
+        let g: Vec<f32> = (0..n)
+            .map(|i| if i % 2 == 0 { 0.5 } else { -2.0 })
+            .collect();
         let lr = 0.01;
         opt.update(&mut p, &g, lr);
         for spec in layout.specs() {
-            let decay = if spec.is_matrix() { 1.0 - lr * 0.1 } else { 1.0 };
+            let decay = if spec.is_matrix() {
+                1.0 - lr * 0.1
+            } else {
+                1.0
+            };
             for i in spec.range() {
                 let want = decay - lr * g[i].signum();
-                assert!((p[i] - want).abs() < 1e-6, "{}[{i}]: {} vs {want}", spec.name, p[i]);
+                assert!(
+                    (p[i] - want).abs() < 1e-6,
+                    "{}[{i}]: {} vs {want}",
+                    spec.name,
+                    p[i]
+                );
             }
         }
     }

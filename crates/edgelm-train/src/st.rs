@@ -156,12 +156,17 @@ pub fn write(
         .map_err(|e| st_err(&what, format!("{name}: {e}")))?;
         views.insert(name.clone(), view);
     }
-    safetensors::tensor::serialize_to_file(views, Some(metadata), path).map_err(|e| st_err(&what, e))
+    safetensors::tensor::serialize_to_file(views, Some(metadata), path)
+        .map_err(|e| st_err(&what, e))
 }
 
 impl TrainModel {
     /// The weights as (name, shape, values), in layout order, under `prefix`.
-    pub fn named_tensors<'a>(&'a self, prefix: &str, values: &'a [f32]) -> Vec<(String, WriteTensor<'a>)> {
+    pub fn named_tensors<'a>(
+        &'a self,
+        prefix: &str,
+        values: &'a [f32],
+    ) -> Vec<(String, WriteTensor<'a>)> {
         self.layout()
             .specs()
             .iter()
@@ -181,7 +186,12 @@ impl TrainModel {
     }
 
     /// Reads `values` ([n_params]) from `file`'s tensors `prefix + name`, checking each shape.
-    pub fn read_values(&self, file: &TensorFile, prefix: &str, values: &mut [f32]) -> Result<(), TrainError> {
+    pub fn read_values(
+        &self,
+        file: &TensorFile,
+        prefix: &str,
+        values: &mut [f32],
+    ) -> Result<(), TrainError> {
         for s in self.layout().specs() {
             let name = format!("{prefix}{}", s.name);
             let (shape, v) = file.f32(&name)?;

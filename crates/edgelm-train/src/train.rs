@@ -70,7 +70,7 @@ impl Dataset {
     /// a held-out set: (train, eval).
     pub fn split(mut self, fraction: f64) -> (Dataset, Dataset) {
         let n = self.len();
-        let n_eval = if n >= 2 {
+        let n_eval = if n >= 2 && fraction > 0.0 {
             ((n as f64 * fraction).ceil() as usize).clamp(1, n - 1)
         } else {
             0
@@ -237,26 +237,35 @@ impl Trainer {
         })
     }
 
-    /// Mean loss over (up to) `max_batches` batches of `data` in order (no gradients).
+    /// Mean loss per target token over the first `max_batches` batches of `data` (no
+    /// gradients). A last partial batch is padded with sequences whose targets are ignored.
     pub fn eval(&mut self, data: &Dataset, max_batches: usize) -> Result<f32, TrainError> {
         let (b, t) = (self.options.batch, self.options.seq_len);
-        let n_batches = (data.len() / b).min(max_batches);
-        if n_batches == 0 {
+        let n_batches = data.len().div_ceil(b).min(max_batches);
+        if n_batches == 0 || data.t != t {
             return Err(TrainError::BadBatch(format!(
-                "the evaluation data has {} windows; a batch needs {b}",
-                data.len()
+                "the evaluation data has {} windows of {} tokens; need one of {t}",
+                data.len(),
+                data.t
             )));
         }
-        let mut sum = 0.0f64;
+        let (mut sum, mut count) = (0.0f64, 0usize);
         for i in 0..n_batches {
             for j in 0..b {
-                let w = data.window(i * b + j);
+                let k = i * b + j;
+                let w = data.window(k.min(data.len() - 1));
                 self.tokens[j * t..(j + 1) * t].copy_from_slice(&w[..t]);
-                self.targets[j * t..(j + 1) * t].copy_from_slice(&w[1..]);
+                if k < data.len() {
+                    self.targets[j * t..(j + 1) * t].copy_from_slice(&w[1..]);
+                } else {
+                    self.targets[j * t..(j + 1) * t].fill(crate::IGNORE);
+                }
             }
-            sum += forward(&self.model, &mut self.ws, &self.tokens, &self.targets)? as f64;
+            let loss = forward(&self.model, &mut self.ws, &self.tokens, &self.targets)?;
+            sum += loss as f64 * self.ws.n_valid() as f64;
+            count += self.ws.n_valid();
         }
-        Ok((sum / n_batches as f64) as f32)
+        Ok((sum / count as f64) as f32)
     }
 
     /// Writes a checkpoint: weights (`params.*`), AdamW moments (`adam_m.*`, `adam_v.*`) and
@@ -270,8 +279,14 @@ impl Trainer {
             (CONFIG_KEY.to_string(), self.model.config_json()),
             ("edgelm.format".to_string(), CHECKPOINT_FORMAT.to_string()),
             ("edgelm.step".to_string(), self.opt.step.to_string()),
-            ("edgelm.options".to_string(), json(serde_json::to_string(&self.options))),
-            ("edgelm.cursor".to_string(), json(serde_json::to_string(&self.cursor))),
+            (
+                "edgelm.options".to_string(),
+                json(serde_json::to_string(&self.options)),
+            ),
+            (
+                "edgelm.cursor".to_string(),
+                json(serde_json::to_string(&self.cursor)),
+            ),
         ]);
         st::write(path, tensors, meta)
     }
@@ -295,7 +310,10 @@ impl Trainer {
         if meta("edgelm.format")? != CHECKPOINT_FORMAT {
             return Err(TrainError::Checkpoint {
                 path: what.clone(),
-                reason: format!("format {} (expected {CHECKPOINT_FORMAT})", meta("edgelm.format")?),
+                reason: format!(
+                    "format {} (expected {CHECKPOINT_FORMAT})",
+                    meta("edgelm.format")?
+                ),
             });
         }
         let ckpt_cfg = meta(CONFIG_KEY)?;

@@ -44,14 +44,22 @@ fn model_path() -> Option<PathBuf> {
 
 fn log_softmax(row: &[f32]) -> Vec<f64> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = row
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     row.iter().map(|&x| x as f64 - lse).collect()
 }
 
 fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
         .0
 }
 
@@ -85,14 +93,25 @@ fn training_forward_matches_inference_logits() {
     let v = model.config().n_vocab;
     let (mut kl_sum, mut agree, mut inf_nll, mut max_abs) = (0.0f64, 0usize, 0.0f64, 0.0f32);
     for i in 0..t {
-        let (a, b) = (&inf_logits[i * v..(i + 1) * v], &train_logits[i * v..(i + 1) * v]);
+        let (a, b) = (
+            &inf_logits[i * v..(i + 1) * v],
+            &train_logits[i * v..(i + 1) * v],
+        );
         let (la, lb) = (log_softmax(a), log_softmax(b));
-        kl_sum += la.iter().zip(&lb).map(|(&p, &q)| p.exp() * (p - q)).sum::<f64>();
+        kl_sum += la
+            .iter()
+            .zip(&lb)
+            .map(|(&p, &q)| p.exp() * (p - q))
+            .sum::<f64>();
         agree += usize::from(argmax(a) == argmax(b));
         if targets[i] != IGNORE {
             inf_nll -= la[targets[i] as usize];
         }
-        max_abs = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(max_abs, f32::max);
+        max_abs = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(max_abs, f32::max);
     }
     let mean_kl = kl_sum / t as f64;
     let top1 = agree as f64 / t as f64;
@@ -103,7 +122,10 @@ fn training_forward_matches_inference_logits() {
     );
     assert!(mean_kl < MAX_MEAN_KL, "mean KL {mean_kl}");
     assert!(top1 >= MIN_TOP1_AGREEMENT, "top-1 agreement {top1}");
-    assert!((train_loss - inf_loss).abs() < MAX_LOSS_DIFF, "loss {train_loss} vs {inf_loss}");
+    assert!(
+        (train_loss - inf_loss).abs() < MAX_LOSS_DIFF,
+        "loss {train_loss} vs {inf_loss}"
+    );
 }
 
 /// Budget of max |training − exact| over all 16 × 49152 logits. Measured: 1.3e-4 (mean KL
@@ -155,11 +177,18 @@ fn training_forward_matches_exact_float64_logits() {
             log_softmax(&exact[i * v..(i + 1) * v]),
             log_softmax(&got[i * v..(i + 1) * v]),
         );
-        kl += le.iter().zip(&lg).map(|(&p, &q)| p.exp() * (p - q)).sum::<f64>();
+        kl += le
+            .iter()
+            .zip(&lg)
+            .map(|(&p, &q)| p.exp() * (p - q))
+            .sum::<f64>();
     }
     eprintln!(
         "16 tokens vs exact float64: max |logit diff| {max_abs:.2e}, mean KL {:.2e}",
         kl / t as f64
     );
-    assert!(max_abs < MAX_ABS_VS_EXACT, "max |training − exact| = {max_abs}");
+    assert!(
+        max_abs < MAX_ABS_VS_EXACT,
+        "max |training − exact| = {max_abs}"
+    );
 }

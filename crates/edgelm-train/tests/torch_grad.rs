@@ -52,7 +52,8 @@ fn gradients_match_pytorch() {
     eprintln!("loss: edgelm {loss}, pytorch f64 {ref_loss}");
     assert!(((loss as f64 - ref_loss) / ref_loss).abs() < 1e-5);
 
-    let torch_dev: serde_json::Value = serde_json::from_str(&f.metadata["torch_f32_rel_dev"]).unwrap();
+    let torch_dev: serde_json::Value =
+        serde_json::from_str(&f.metadata["torch_f32_rel_dev"]).unwrap();
     let mut worst = 0.0f64;
     for s in model.layout().specs() {
         let (_, want) = f.f32(&format!("grads.{}", s.name)).unwrap();
@@ -70,7 +71,11 @@ fn gradients_match_pytorch() {
             s.name,
             torch_dev[&s.name].as_f64().unwrap_or(f64::NAN)
         );
-        assert!(dev <= GRAD_REL_TOL, "{}: deviation {dev:.2e} of max|g|", s.name);
+        assert!(
+            dev <= GRAD_REL_TOL,
+            "{}: deviation {dev:.2e} of max|g|",
+            s.name
+        );
     }
     eprintln!("worst tensor deviation {worst:.2e} (budget {GRAD_REL_TOL:.0e})");
 }
@@ -88,7 +93,10 @@ fn adamw_and_clipping_match_pytorch() {
     for (step, &lr) in lrs.iter().enumerate() {
         opt.update(&mut p, &gs[step * n..(step + 1) * n], lr);
         for (i, (a, b)) in p.iter().zip(&after[step * n..(step + 1) * n]).enumerate() {
-            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "step {step} [{i}]: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "step {step} [{i}]: {a} vs {b}"
+            );
         }
     }
     let (_, g) = f.f32("clip.grad").unwrap();

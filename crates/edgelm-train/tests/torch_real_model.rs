@@ -70,7 +70,10 @@ fn real_model_gradient_matches_pytorch() {
     targets.push(IGNORE);
 
     let dir = tempfile::tempdir().unwrap();
-    let (w_path, g_path) = (dir.path().join("weights.safetensors"), dir.path().join("grads.safetensors"));
+    let (w_path, g_path) = (
+        dir.path().join("weights.safetensors"),
+        dir.path().join("grads.safetensors"),
+    );
     let tok64: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
     let tgt64: Vec<i64> = targets
         .iter()
@@ -78,7 +81,10 @@ fn real_model_gradient_matches_pytorch() {
         .collect();
     let mut tensors = model.named_tensors("", &model.params);
     tensors.push(("tokens".into(), WriteTensor::I64(vec![1, N_TOKENS], &tok64)));
-    tensors.push(("targets".into(), WriteTensor::I64(vec![1, N_TOKENS], &tgt64)));
+    tensors.push((
+        "targets".into(),
+        WriteTensor::I64(vec![1, N_TOKENS], &tgt64),
+    ));
     let meta = HashMap::from([(CONFIG_KEY.to_string(), model.config_json())]);
     st::write(&w_path, tensors, meta).unwrap();
 
@@ -122,7 +128,10 @@ fn real_model_gradient_matches_pytorch() {
         let tdev = torch_dev[&s.name].as_f64().unwrap_or(f64::NAN);
         if dev > worst {
             worst = dev;
-            eprintln!("{:28} edgelm dev {dev:.1e} (pytorch f32 {tdev:.1e})", s.name);
+            eprintln!(
+                "{:28} edgelm dev {dev:.1e} (pytorch f32 {tdev:.1e})",
+                s.name
+            );
         }
         worst_torch = worst_torch.max(tdev);
         assert!(dev <= REL_TOL, "{}: deviation {dev:.2e} of max|g|", s.name);

@@ -97,7 +97,9 @@ fn check(args: &FinetuneArgs) -> Result<()> {
         if v.is_finite() && v >= 0.0 {
             Ok(())
         } else {
-            Err(usage(format!("--{name} must be a finite number >= 0, not {v}")))
+            Err(usage(format!(
+                "--{name} must be a finite number >= 0, not {v}"
+            )))
         }
     };
     positive("lr", args.lr)?;
@@ -216,7 +218,10 @@ fn train_loop(
             Err(e @ TrainError::NonFinite { .. }) => {
                 bar.abandon();
                 let kept = match last_saved {
-                    Some(step) => format!("the checkpoint of step {step} at {} is kept", ckpt.display()),
+                    Some(step) => format!(
+                        "the checkpoint of step {step} at {} is kept",
+                        ckpt.display()
+                    ),
                     None => "no checkpoint was written in this run".into(),
                 };
                 anyhow::bail!("{e}; {kept}");
@@ -226,7 +231,10 @@ fn train_loop(
         last_loss = s.loss;
         let tps = s.tokens as f64 / t0.elapsed().as_secs_f64();
         bar.set_position(s.step);
-        bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", s.loss, s.lr, tps));
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            s.loss, s.lr, tps
+        ));
         emit(
             &mut out,
             json!({"event": "step", "step": s.step, "loss": s.loss, "lr": s.lr,

@@ -90,7 +90,10 @@ fn model_gradient_matches_finite_differences() {
 fn accumulated_micro_batches_equal_one_batch() {
     let m = tiny_model(true);
     // Every target counted, so both halves weigh the same in the batch mean.
-    let targets: Vec<u32> = TARGETS.iter().map(|&x| if x == IGNORE { 1 } else { x }).collect();
+    let targets: Vec<u32> = TARGETS
+        .iter()
+        .map(|&x| if x == IGNORE { 1 } else { x })
+        .collect();
     let whole = grads_of(&m, 2, 5, &TOKENS, &targets);
     let mut ws = Workspace::new(&m, 1, 5).unwrap();
     let mut acc = vec![0.0; m.layout().n_params()];
@@ -135,7 +138,7 @@ fn bad_batches_are_rejected() {
     let mut bad = TOKENS;
     bad[3] = 11;
     let e = forward(&m, &mut ws, &bad, &TARGETS).unwrap_err();
-    assert!(e.to_string().contains("token id 11"), "{e}");
+    assert!(e.to_string().contains("token id 11 at position 3"), "{e}");
     let e = forward(&m, &mut ws, &TOKENS, &[IGNORE; 10]).unwrap_err();
     assert!(e.to_string().contains("no target"), "{e}");
     assert!(Workspace::new(&m, 0, 5).is_err());

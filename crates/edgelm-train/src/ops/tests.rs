@@ -141,11 +141,17 @@ fn rope_backward_matches_finite_differences() {
             let g = r.vec(b * t * nh * d, 1.0);
             let mut dx = g.clone();
             rope_backward(&mut dx, &cache, t, nh, d, mode);
-            fd_check(&format!("rope {mode:?} rope_dim {rope_dim}"), &x, &dx, 1e-2, |x| {
-                let mut y = x.to_vec();
-                rope_forward(&mut y, &cache, t, nh, d, mode);
-                weighted(&y, &g)
-            });
+            fd_check(
+                &format!("rope {mode:?} rope_dim {rope_dim}"),
+                &x,
+                &dx,
+                1e-2,
+                |x| {
+                    let mut y = x.to_vec();
+                    rope_forward(&mut y, &cache, t, nh, d, mode);
+                    weighted(&y, &g)
+                },
+            );
         }
     }
 }
@@ -191,11 +197,19 @@ fn attention_backward_matches_finite_differences_with_gqa_and_causal_mask() {
     }
     let (mut dq, mut dk, mut dv) = (vec![9.0; n * qd], vec![9.0; n * kvd], vec![9.0; n * kvd]);
     let mut datt = vec![0.0; att_len];
-    attention_backward(&mut dq, &mut dk, &mut dv, &mut datt, &g, &att, &q, &k, &v, sh);
+    attention_backward(
+        &mut dq, &mut dk, &mut dv, &mut datt, &g, &att, &q, &k, &v, sh,
+    );
     let h = 1e-2;
-    fd_check("attention dq", &q, &dq, h, |x| weighted(&run(x, &k, &v).0, &g));
-    fd_check("attention dk", &k, &dk, h, |x| weighted(&run(&q, x, &v).0, &g));
-    fd_check("attention dv", &v, &dv, h, |x| weighted(&run(&q, &k, x).0, &g));
+    fd_check("attention dq", &q, &dq, h, |x| {
+        weighted(&run(x, &k, &v).0, &g)
+    });
+    fd_check("attention dk", &k, &dk, h, |x| {
+        weighted(&run(&q, x, &v).0, &g)
+    });
+    fd_check("attention dv", &v, &dv, h, |x| {
+        weighted(&run(&q, &k, x).0, &g)
+    });
 }
 
 #[test]
@@ -232,7 +246,10 @@ fn cross_entropy_backward_matches_finite_differences() {
     };
     let mut d = logits.clone();
     cross_entropy_backward(&mut d, &targets, dloss, v);
-    assert!(d[v..2 * v].iter().all(|&x| x == 0.0), "ignored row has no gradient");
+    assert!(
+        d[v..2 * v].iter().all(|&x| x == 0.0),
+        "ignored row has no gradient"
+    );
     fd_check("cross-entropy dlogits", &logits, &d, 1e-2, run);
     // The loss of a uniform row is ln V.
     let mut l = [0.0f32];

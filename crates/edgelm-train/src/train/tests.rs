@@ -81,8 +81,14 @@ fn resume_repeats_the_uninterrupted_run_exactly() {
         losses_b.push(b.step(&data).unwrap().loss);
     }
     assert_eq!(losses_a, losses_b);
-    assert!(a.model.params == b.model.params, "weights differ after resume");
-    assert!(a.opt.m == b.opt.m && a.opt.v == b.opt.v, "moments differ after resume");
+    assert!(
+        a.model.params == b.model.params,
+        "weights differ after resume"
+    );
+    assert!(
+        a.opt.m == b.opt.m && a.opt.v == b.opt.v,
+        "moments differ after resume"
+    );
     assert_eq!(a.cursor, b.cursor);
 }
 
@@ -100,7 +106,10 @@ fn a_checkpoint_of_another_model_is_refused() {
     let m = TrainModel::random(config(16), 1).unwrap();
     st::write(&plain, m.named_tensors("", &m.params), HashMap::new()).unwrap();
     let e = Trainer::resume(m, &plain, None).err().expect("refused");
-    assert!(e.to_string().contains("not an edgelm training checkpoint"), "{e}");
+    assert!(
+        e.to_string().contains("not an edgelm training checkpoint"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -110,6 +119,14 @@ fn training_learns_a_pattern() {
     opts.schedule.max_lr = 1e-2;
     let mut tr = Trainer::new(TrainModel::random(config(16), 2).unwrap(), opts).unwrap();
     let before = tr.eval(&eval, 8).unwrap();
+    // A partial last batch (padded with ignored targets) weighs by its tokens: one window
+    // evaluated alone equals the mean over a batch holding it twice.
+    let one = Dataset::from_stream(&stream(9), 8);
+    assert_eq!(one.len(), 1);
+    let alone = tr.eval(&one, 1).unwrap();
+    let mut twice = one.clone();
+    twice.windows.extend_from_slice(&one.windows);
+    assert!((tr.eval(&twice, 1).unwrap() - alone).abs() < 1e-6);
     for _ in 0..200 {
         tr.step(&train).unwrap();
     }
@@ -151,6 +168,7 @@ fn windows_tile_the_stream_with_one_token_overlap() {
     assert_eq!((tr.len(), ev.len()), (3, 1));
     assert_eq!(ev.window(0), &[12, 13, 14, 15, 16]);
     assert!(Dataset::from_stream(&s[..4], 4).is_empty());
+    assert_eq!(Dataset::from_stream(&s, 4).split(0.0).1.len(), 0);
     // Every window is visited once per epoch.
     let mut p = permutation(10, 1, 0);
     assert_ne!(p, permutation(10, 1, 1));
