@@ -192,6 +192,36 @@ fn bad_input_fails_clearly() {
         err.contains("cannot resume") && !err.contains("panicked"),
         "{err}"
     );
+    // JSONL with a malformed line: fatal by default, with its number; skipped on request.
+    let jsonl = dir.path().join("chat.jsonl");
+    let chat = r#"{"messages":[{"role":"user","content":"Name a colour."},{"role":"assistant","content":"Blue. Also red, green and yellow are colours people often name first."}]}"#;
+    std::fs::write(
+        &jsonl,
+        format!(
+            "{chat}
+{{\"messages\": 3}}
+{chat}
+"
+        ),
+    )
+    .unwrap();
+    let o = finetune(&model, &jsonl, &out, &["--steps", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 2"), "{err}");
+    let o = finetune(
+        &model,
+        &jsonl,
+        &out,
+        &["--steps", "1", "--on-bad-line", "skip"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 2: skipped"), "{err}");
+    let ev = events(&o);
+    assert_eq!(ev[0]["event"], "data");
+    assert_eq!(ev[0]["examples"], 2);
+    assert_eq!(ev[0]["skipped"][0]["line"], 2);
     // Text shorter than one window.
     std::fs::write(&data, "Hi.").unwrap();
     let o = finetune(&model, &data, &out, &["--steps", "1"]);

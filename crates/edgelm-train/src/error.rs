@@ -86,6 +86,14 @@ pub enum TrainError {
         /// Why.
         reason: String,
     },
+    /// A line of the training data cannot be used.
+    #[error("line {line}: {reason}")]
+    BadData {
+        /// 1-based line number.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
     /// A buffer size overflowed.
     #[error("size overflow computing {what}")]
     Overflow {

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod config;
+pub mod data;
 mod error;
 mod model;
 pub mod ops;

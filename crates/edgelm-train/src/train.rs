@@ -31,25 +31,47 @@ pub struct TrainOptions {
     pub seed: u64,
 }
 
-/// Training text as windows of `T + 1` tokens: a window gives `T` inputs and their `T` next
+/// Training data as windows of `T + 1` tokens: a window gives `T` inputs and their `T` next
 /// tokens. Windows tile the token stream with stride `T` (documents packed back to back).
+/// Where a mask is present, a next token is a target only where its mask is set (chat data:
+/// the assistant's tokens); windows without any target are dropped.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     t: usize,
     /// [n_windows, T + 1]
     windows: Vec<u32>,
+    /// [n_windows, T + 1], or empty: every next token is a target.
+    mask: Vec<bool>,
 }
 
 impl Dataset {
     /// Windows of `t + 1` tokens over `stream`; a tail shorter than a window is dropped.
     pub fn from_stream(stream: &[u32], t: usize) -> Dataset {
-        let mut windows = Vec::new();
+        Dataset::from_masked(stream, None, t)
+    }
+
+    /// Windows over `stream` where `mask[i]` says whether token `i` is trained on (as a
+    /// target). `mask`, when given, has the length of `stream`.
+    pub fn from_masked(stream: &[u32], mask: Option<&[bool]>, t: usize) -> Dataset {
+        let (mut windows, mut wmask) = (Vec::new(), Vec::new());
         let mut start = 0;
         while t > 0 && start + t < stream.len() {
-            windows.extend_from_slice(&stream[start..start + t + 1]);
+            let r = start..start + t + 1;
+            match mask {
+                Some(m) if !m[r.start + 1..r.end].iter().any(|&x| x) => {}
+                Some(m) => {
+                    windows.extend_from_slice(&stream[r.clone()]);
+                    wmask.extend_from_slice(&m[r]);
+                }
+                None => windows.extend_from_slice(&stream[r]),
+            }
             start += t;
         }
-        Dataset { t, windows }
+        Dataset {
+            t,
+            windows,
+            mask: wmask,
+        }
     }
 
     /// Number of windows.
@@ -62,12 +84,33 @@ impl Dataset {
         self.len() == 0
     }
 
+    /// Tokens per window's inputs (T).
+    pub fn seq_len(&self) -> usize {
+        self.t
+    }
+
+    #[cfg(test)]
     fn window(&self, i: usize) -> &[u32] {
         &self.windows[i * (self.t + 1)..(i + 1) * (self.t + 1)]
     }
 
-    /// Splits off the last `fraction` of windows (at least one when there are two or more) as
-    /// a held-out set: (train, eval).
+    /// Writes window `i`'s inputs and targets ([T] each).
+    fn fill(&self, i: usize, inputs: &mut [u32], targets: &mut [u32]) {
+        let w = i * (self.t + 1)..(i + 1) * (self.t + 1);
+        let win = &self.windows[w.clone()];
+        inputs.copy_from_slice(&win[..self.t]);
+        targets.copy_from_slice(&win[1..]);
+        if !self.mask.is_empty() {
+            for (tgt, &m) in targets.iter_mut().zip(&self.mask[w.start + 1..w.end]) {
+                if !m {
+                    *tgt = crate::IGNORE;
+                }
+            }
+        }
+    }
+
+    /// Splits off the last `fraction` of windows (at least one when there are two or more
+    /// and `fraction > 0`) as a held-out set: (train, eval).
     pub fn split(mut self, fraction: f64) -> (Dataset, Dataset) {
         let n = self.len();
         let n_eval = if n >= 2 && fraction > 0.0 {
@@ -75,9 +118,22 @@ impl Dataset {
         } else {
             0
         };
-        let eval = self.windows.split_off((n - n_eval) * (self.t + 1));
+        let cut = (n - n_eval) * (self.t + 1);
+        let eval = self.windows.split_off(cut);
+        let eval_mask = if self.mask.is_empty() {
+            Vec::new()
+        } else {
+            self.mask.split_off(cut)
+        };
         let t = self.t;
-        (self, Dataset { t, windows: eval })
+        (
+            self,
+            Dataset {
+                t,
+                windows: eval,
+                mask: eval_mask,
+            },
+        )
     }
 }
 
@@ -193,9 +249,11 @@ impl Trainer {
                 self.order = permutation(n, self.options.seed, self.cursor.epoch);
                 self.order_epoch = Some(self.cursor.epoch);
             }
-            let w = data.window(self.order[self.cursor.index]);
-            self.tokens[b * t..(b + 1) * t].copy_from_slice(&w[..t]);
-            self.targets[b * t..(b + 1) * t].copy_from_slice(&w[1..]);
+            data.fill(
+                self.order[self.cursor.index],
+                &mut self.tokens[b * t..(b + 1) * t],
+                &mut self.targets[b * t..(b + 1) * t],
+            );
             self.cursor.index += 1;
         }
         Ok(())
@@ -253,12 +311,13 @@ impl Trainer {
         for i in 0..n_batches {
             for j in 0..b {
                 let k = i * b + j;
-                let w = data.window(k.min(data.len() - 1));
-                self.tokens[j * t..(j + 1) * t].copy_from_slice(&w[..t]);
-                if k < data.len() {
-                    self.targets[j * t..(j + 1) * t].copy_from_slice(&w[1..]);
-                } else {
-                    self.targets[j * t..(j + 1) * t].fill(crate::IGNORE);
+                let (inp, tgt) = (
+                    &mut self.tokens[j * t..(j + 1) * t],
+                    &mut self.targets[j * t..(j + 1) * t],
+                );
+                data.fill(k.min(data.len() - 1), inp, tgt);
+                if k >= data.len() {
+                    tgt.fill(crate::IGNORE);
                 }
             }
             let loss = forward(&self.model, &mut self.ws, &self.tokens, &self.targets)?;

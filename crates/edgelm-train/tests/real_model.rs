@@ -192,3 +192,53 @@ fn training_forward_matches_exact_float64_logits() {
         "max |training − exact| = {max_abs}"
     );
 }
+
+/// Chat JSONL on the real tokenizer and template: the segments tokenized one by one give the
+/// same ids as the whole rendered chat, the trained (masked-in) tokens are exactly the
+/// assistant replies with their end marker, and a bad line is reported by number.
+#[test]
+fn chat_jsonl_trains_only_on_assistant_tokens() {
+    use edgelm_tokenizer::ChatTemplate;
+    use edgelm_train::data::{read_jsonl, OnBadLine};
+    let Some(path) = model_path().filter(|p| p.exists()) else {
+        eprintln!("skipped: {MODEL_FILE} is not in the model cache (run `edgelm fetch`)");
+        return;
+    };
+    let file = GgufFile::open(&path).unwrap();
+    let tok = Tokenizer::from_gguf(file.metadata()).unwrap();
+    let template = ChatTemplate::from_gguf(file.metadata(), &tok)
+        .unwrap()
+        .unwrap();
+    let chat = r#"{"messages":[{"role":"user","content":"What is 2+2?"},{"role":"assistant","content":"4."},{"role":"user","content":"And 3+3?"},{"role":"assistant","content":"6, of course."}]}"#;
+    let text = format!("{chat}\n\n{{\"text\": \"Plain text.\"}}\nnot json\n");
+    let packed = read_jsonl(&text, &tok, Some(&template), OnBadLine::Skip).unwrap();
+    assert_eq!(packed.n_examples, 2);
+    assert_eq!(packed.skipped.len(), 1);
+    assert_eq!(packed.skipped[0].line, 4);
+    let e = read_jsonl(&text, &tok, Some(&template), OnBadLine::Fail).unwrap_err();
+    assert!(e.to_string().starts_with("line 4: not valid JSON"), "{e}");
+
+    // The chat alone: ids equal those of the whole rendering.
+    let one = read_jsonl(chat, &tok, Some(&template), OnBadLine::Fail).unwrap();
+    let msgs: serde_json::Value = serde_json::from_str(chat).unwrap();
+    let msgs: Vec<edgelm_tokenizer::ChatMessage> =
+        serde_json::from_value(msgs["messages"].clone()).unwrap();
+    let whole = tok
+        .encode(&template.render(&msgs, false).unwrap(), true, true)
+        .unwrap();
+    assert_eq!(one.tokens, whole);
+    let trained: Vec<u32> = one
+        .tokens
+        .iter()
+        .zip(&one.mask)
+        .filter(|(_, &m)| m)
+        .map(|(&t, _)| t)
+        .collect();
+    let trained_text: String = trained
+        .iter()
+        .map(|&t| tok.token_text(t).unwrap_or("?").to_string())
+        .collect();
+    eprintln!("trained tokens: {trained_text:?}");
+    assert!(trained_text.starts_with('4') && trained_text.contains("<|im_end|>"));
+    assert!(trained_text.contains("6,") && !trained_text.contains("3+3"));
+}

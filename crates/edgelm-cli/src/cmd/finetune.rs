@@ -1,6 +1,9 @@
 //! `edgelm finetune`: full fine-tuning of a GGUF model's weights on a text file, in f32 on
-//! the CPU (edgelm-train). The text is tokenized (BOS first), packed into windows of
-//! `--seq-len + 1` tokens, and the last `--eval-fraction` of windows held out for evaluation.
+//! the CPU (edgelm-train). Plain text is tokenized (BOS first); a `.jsonl` file holds one
+//! `{"text": ...}` document or `{"messages": [...]}` chat per line (chats rendered with the
+//! model's chat template, loss on the assistant's tokens only; a bad line is fatal, or
+//! reported and skipped with `--on-bad-line skip`). Tokens are packed into windows of
+//! `--seq-len + 1`, and the last `--eval-fraction` of windows held out for evaluation.
 //!
 //! Checkpoints: `OUT/checkpoint.safetensors` (weights, AdamW state, step, data cursor),
 //! replaced atomically every `--save-every` steps and at the end; `--resume` continues one
@@ -8,6 +11,7 @@
 //!
 //! Output: a progress bar on stderr (loss, tokens/s; hidden with `-q`, `--json` or off a
 //! terminal). `--json`: JSON Lines on stdout, one object per event:
+//! - `{"event":"data","examples","tokens","train_windows","eval_windows","skipped":[{"line","reason"}]}`
 //! - `{"event":"step","step","loss","lr","grad_norm","tokens","tokens_per_s"}`
 //! - `{"event":"eval","step","loss","ppl"}`
 //! - `{"event":"checkpoint","step","path"}`
@@ -19,6 +23,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use edgelm_tokenizer::ChatTemplate;
+use edgelm_train::data::{read_jsonl, OnBadLine};
 use edgelm_train::optim::{AdamWConfig, Schedule};
 use edgelm_train::train::{Dataset, TrainOptions, Trainer};
 use edgelm_train::{TrainError, TrainModel};
@@ -33,9 +39,12 @@ pub struct FinetuneArgs {
     /// GGUF model file (default: the cached default model).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
-    /// Training text (UTF-8).
+    /// Training data: UTF-8 text, or JSON Lines when the name ends in .jsonl.
     #[arg(long)]
     pub data: PathBuf,
+    /// What to do with an unusable JSONL line: fail (default) or skip (reported on stderr).
+    #[arg(long, default_value = "fail", value_parser = ["fail", "skip"])]
+    pub on_bad_line: String,
     /// Directory for checkpoints.
     #[arg(short, long, default_value = "finetune-out")]
     pub out: PathBuf,
@@ -124,18 +133,61 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         .with_context(|| format!("cannot read the training text {}", args.data.display()))?;
     let (path, file) = super::open_gguf(args.model.as_deref())?;
     let tok = super::load_tokenizer(&path, &file)?;
-    let tokens = tok
-        .encode(&text, true, false)
-        .with_context(|| format!("cannot tokenize {}", args.data.display()))?;
-    let (train_data, eval_data) =
-        Dataset::from_stream(&tokens, args.seq_len as usize).split(args.eval_fraction);
+    let is_jsonl = args
+        .data
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"));
+    let seq_len = args.seq_len as usize;
+    let (dataset, n_examples, n_tokens, skipped) = if is_jsonl {
+        let template = ChatTemplate::from_gguf(file.metadata(), &tok)
+            .with_context(|| format!("cannot read the chat template of {}", path.display()))?;
+        let on_bad = if args.on_bad_line == "skip" {
+            OnBadLine::Skip
+        } else {
+            OnBadLine::Fail
+        };
+        let packed = read_jsonl(&text, &tok, template.as_ref(), on_bad)
+            .with_context(|| format!("unusable training data in {}", args.data.display()))?;
+        for b in &packed.skipped {
+            if !args.global.quiet {
+                eprintln!(
+                    "{}: line {}: skipped: {}",
+                    args.data.display(),
+                    b.line,
+                    b.reason
+                );
+            }
+        }
+        let ds = Dataset::from_masked(&packed.tokens, Some(&packed.mask), seq_len);
+        (ds, packed.n_examples, packed.tokens.len(), packed.skipped)
+    } else {
+        let tokens = tok
+            .encode(&text, true, false)
+            .with_context(|| format!("cannot tokenize {}", args.data.display()))?;
+        (
+            Dataset::from_stream(&tokens, seq_len),
+            1,
+            tokens.len(),
+            Vec::new(),
+        )
+    };
+    let (train_data, eval_data) = dataset.split(args.eval_fraction);
     if train_data.is_empty() {
         anyhow::bail!(
-            "{} has {} tokens: too few for one training window of {} (lower --seq-len)",
+            "{} has {n_tokens} tokens: too few for one training window of {} (lower --seq-len)",
             args.data.display(),
-            tokens.len(),
             args.seq_len + 1
         );
+    }
+    if args.global.json {
+        let skipped: Vec<_> = skipped
+            .iter()
+            .map(|b| json!({"line": b.line, "reason": b.reason}))
+            .collect();
+        let v = json!({"event": "data", "examples": n_examples, "tokens": n_tokens,
+                       "train_windows": train_data.len(), "eval_windows": eval_data.len(),
+                       "skipped": skipped});
+        println!("{v}");
     }
     let model = TrainModel::from_gguf(&file)
         .with_context(|| format!("cannot load {} for training", path.display()))?;

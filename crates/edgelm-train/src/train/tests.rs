@@ -126,6 +126,7 @@ fn training_learns_a_pattern() {
     let alone = tr.eval(&one, 1).unwrap();
     let mut twice = one.clone();
     twice.windows.extend_from_slice(&one.windows);
+    assert_eq!(twice.len(), 2);
     assert!((tr.eval(&twice, 1).unwrap() - alone).abs() < 1e-6);
     for _ in 0..200 {
         tr.step(&train).unwrap();
