@@ -93,7 +93,12 @@ fn resumed_run_equals_the_uninterrupted_one() {
     let data = dir.path().join("text.txt");
     std::fs::write(&data, TEXT).unwrap();
 
-    let full = finetune(&model, &data, &dir.path().join("full"), &["--steps", "3"]);
+    let full = finetune(
+        &model,
+        &data,
+        &dir.path().join("full"),
+        &["--steps", "3", "--export-gguf", "f16"],
+    );
     assert!(
         full.status.success(),
         "{}",
@@ -109,7 +114,17 @@ fn resumed_run_equals_the_uninterrupted_one() {
         ev.iter().any(|e| e["event"] == "eval"),
         "a final evaluation"
     );
-    assert_eq!(ev.last().unwrap()["event"], "done");
+    assert_eq!(ev.last().unwrap()["event"], "export");
+    // The exported model runs.
+    let exported = dir.path().join("full/model.gguf");
+    let o = edgelm()
+        .arg("run")
+        .arg("-m")
+        .arg(&exported)
+        .args(["-p", "First Citizen:", "-n", "4", "--temp", "0", "-t", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let part_dir = dir.path().join("part");
     let part = finetune(

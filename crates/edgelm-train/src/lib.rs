@@ -13,6 +13,7 @@
 mod config;
 pub mod data;
 mod error;
+mod export;
 mod model;
 pub mod ops;
 pub mod optim;
@@ -22,6 +23,7 @@ pub mod train;
 
 pub use config::ConfigFile;
 pub use error::TrainError;
+pub use export::ExportType;
 pub use model::{backward, forward, TrainModel, Workspace};
 pub use ops::IGNORE;
 pub use params::{ParamLayout, TensorSpec};

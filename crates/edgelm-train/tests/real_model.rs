@@ -242,3 +242,50 @@ fn chat_jsonl_trains_only_on_assistant_tokens() {
     assert!(trained_text.starts_with('4') && trained_text.contains("<|im_end|>"));
     assert!(trained_text.contains("6,") && !trained_text.contains("3+3"));
 }
+
+/// Trained weights written back to GGUF run in edgelm-model: with F32 matrices inference
+/// multiplies f32 activations (only the F16 KV cache rounds), so its logits follow the
+/// training forward closely; F16 matrices add the weights' half-precision rounding.
+/// Measured: max |logit diff| F32 0.022, F16 0.046 (budgets below); both files load with all
+/// the source's tensors.
+#[test]
+fn exported_gguf_runs_in_inference() {
+    use edgelm_train::ExportType;
+    let Some(path) = model_path().filter(|p| p.exists()) else {
+        eprintln!("skipped: {MODEL_FILE} is not in the model cache (run `edgelm fetch`)");
+        return;
+    };
+    let file = GgufFile::open(&path).unwrap();
+    let mut train = TrainModel::from_gguf(&file).unwrap();
+    // Move the weights off the quantization grid, as training would.
+    for (i, p) in train.params.iter_mut().enumerate() {
+        *p *= 1.0 + 1e-3 * ((i % 7) as f32 - 3.0);
+    }
+    let tok = Tokenizer::from_gguf(file.metadata()).unwrap();
+    let tokens = tok.encode(TEXT, true, false).unwrap()[..24].to_vec();
+    let mut targets = tokens[1..].to_vec();
+    targets.push(IGNORE);
+    let mut ws = Workspace::new(&train, 1, tokens.len()).unwrap();
+    forward(&train, &mut ws, &tokens, &targets).unwrap();
+    let want = ws.logits().unwrap().to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    for (ty, budget) in [(ExportType::F32, 0.05f32), (ExportType::F16, 0.15)] {
+        let out = dir.path().join(format!("{ty:?}.gguf"));
+        train.write_gguf(&file, &out, ty).unwrap();
+        let exported = Arc::new(GgufFile::open(&out).unwrap());
+        assert_eq!(exported.tensors().len(), file.tensors().len());
+        let model = Model::load(exported).unwrap();
+        let pool = edgelm_kernels::ThreadPool::new(2).unwrap();
+        let mut state = model.new_state(tokens.len(), tokens.len()).unwrap();
+        let got = model
+            .forward(&pool, &mut state, &tokens, Logits::All)
+            .unwrap();
+        let max_abs = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{ty:?} export: max |inference − training logits| {max_abs:.3}");
+        assert!(max_abs < budget, "{ty:?}: {max_abs}");
+    }
+}

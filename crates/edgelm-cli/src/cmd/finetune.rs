@@ -16,6 +16,7 @@
 //! - `{"event":"eval","step","loss","ppl"}`
 //! - `{"event":"checkpoint","step","path"}`
 //! - `{"event":"done","step","train_loss","seconds"}`
+//! - `{"event":"export","path"}` (with `--export-gguf`: `OUT/model.gguf`, loadable by `edgelm run`)
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use edgelm_tokenizer::ChatTemplate;
 use edgelm_train::data::{read_jsonl, OnBadLine};
 use edgelm_train::optim::{AdamWConfig, Schedule};
 use edgelm_train::train::{Dataset, TrainOptions, Trainer};
-use edgelm_train::{TrainError, TrainModel};
+use edgelm_train::{ExportType, TrainError, TrainModel};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -93,6 +94,9 @@ pub struct FinetuneArgs {
     /// Seed of the data order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also write the trained model as OUT/model.gguf with f32 or f16 matrices, at the end.
+    #[arg(long, value_parser = ["f32", "f16"])]
+    pub export_gguf: Option<String>,
     /// Stop after this many steps in this invocation (saving a checkpoint), though the
     /// schedule spans --steps: for time-boxed sessions continued with --resume.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -229,7 +233,28 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         eval_windows = eval_data.len(),
         "training"
     );
-    pool.install(|| train_loop(args, &mut trainer, &train_data, &eval_data, &ckpt))
+    pool.install(|| train_loop(args, &mut trainer, &train_data, &eval_data, &ckpt))?;
+    if let Some(ty) = &args.export_gguf {
+        let ty = if ty == "f16" {
+            ExportType::F16
+        } else {
+            ExportType::F32
+        };
+        let out = args.out.join("model.gguf");
+        trainer
+            .model
+            .write_gguf(&file, &out, ty)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        if args.global.json {
+            println!(
+                "{}",
+                json!({"event": "export", "path": out.display().to_string()})
+            );
+        } else if !args.global.quiet {
+            eprintln!("finetune: wrote {}", out.display());
+        }
+    }
+    Ok(())
 }
 
 fn train_loop(
