@@ -39,7 +39,16 @@ Resolved. resolved.\n\nFirst Citizen:\nFirst, you know Caius Marcius is chief en
 people.\n\nAll:\nWe know't, we know't.\n\nFirst Citizen:\nLet us kill him, and we'll have corn \
 at our own price.\nIs't a verdict?\n";
 
+/// Runs `edgelm finetune` with small defaults that `extra` may override.
 fn finetune(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let defaults = [
+        ("--batch", "1"),
+        ("--seq-len", "16"),
+        ("--warmup", "1"),
+        ("--lr", "1e-4"),
+        ("--eval-every", "0"),
+        ("--save-every", "0"),
+    ];
     edgelm()
         .arg("finetune")
         .arg("-m")
@@ -48,25 +57,13 @@ fn finetune(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg(data)
         .arg("--out")
         .arg(out)
-        .args([
-            "--batch",
-            "1",
-            "--seq-len",
-            "16",
-            "--warmup",
-            "1",
-            "--lr",
-            "1e-4",
-        ])
-        .args([
-            "--eval-every",
-            "0",
-            "--save-every",
-            "0",
-            "--json",
-            "-t",
-            "2",
-        ])
+        .args(
+            defaults
+                .iter()
+                .filter(|(flag, _)| !extra.contains(flag))
+                .flat_map(|(f, v)| [*f, *v]),
+        )
+        .args(["--json", "-t", "2"])
         .args(extra)
         .output()
         .expect("spawn edgelm")
@@ -237,6 +234,30 @@ fn bad_input_fails_clearly() {
     assert_eq!(ev[0]["event"], "data");
     assert_eq!(ev[0]["examples"], 2);
     assert_eq!(ev[0]["skipped"][0]["line"], 2);
+    // A learning rate that blows the weights up: the run stops at the first non-finite loss,
+    // names the step, and keeps the checkpoint written before it.
+    let o = finetune(
+        &model,
+        &data,
+        &dir.path().join("nan"),
+        &[
+            "--steps",
+            "4",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "0",
+            "--save-every",
+            "1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not finite") && err.contains("is kept"),
+        "{err}"
+    );
+    assert!(dir.path().join("nan/checkpoint.safetensors").is_file());
     // Text shorter than one window.
     std::fs::write(&data, "Hi.").unwrap();
     let o = finetune(&model, &data, &out, &["--steps", "1"]);
