@@ -9,9 +9,10 @@ compared with the float64 ones too, and that deviation (PyTorch's own f32 roundi
 beside them so a test can put edgelm's deviation next to it.
 
 Usage:
-  torch_grad.py random --out FIXTURE.safetensors [--seed S]
-      A small random model (2 layers, width 32, 4 heads / 2 kv heads), a fixed batch with one
-      ignored target, and reference AdamW steps and gradient clipping on a small tensor.
+  torch_grad.py random --out FIXTURE.safetensors [--seed S] [--arch llama|qwen2|qwen3]
+      A small random model (2 layers, width 32, 4 heads / 2 kv heads; 1 layer for qwen2/3),
+      a fixed batch with two ignored targets, and reference AdamW steps and gradient clipping
+      on a small tensor.
   torch_grad.py weights --weights W.safetensors --out GRADS.safetensors
       Weights and batch exported by edgelm (config in the metadata, `tokens`/`targets` I64
       tensors); writes the float64 loss and gradients.
@@ -46,6 +47,13 @@ def param_names(cfg):
             (p + "attn_q.weight", (qd, c)),
             (p + "attn_k.weight", (kvd, c)),
             (p + "attn_v.weight", (kvd, c)),
+        ]
+        if cfg["arch"] == "qwen2":
+            names += [(p + "attn_q.bias", (qd,)), (p + "attn_k.bias", (kvd,)),
+                      (p + "attn_v.bias", (kvd,))]
+        if cfg["arch"] == "qwen3":
+            names += [(p + "attn_q_norm.weight", (d,)), (p + "attn_k_norm.weight", (d,))]
+        names += [
             (p + "attn_output.weight", (c, qd)),
             (p + "ffn_norm.weight", (c,)),
             (p + "ffn_gate.weight", (ff, c)),
@@ -90,9 +98,15 @@ def loss_fn(cfg, w, tokens, targets):
     for i in range(cfg["n_layer"]):
         p = f"blk.{i}."
         n1 = rmsnorm(x, w[p + "attn_norm.weight"], eps)
-        q = (n1 @ w[p + "attn_q.weight"].T).view(b, t, h, d)
-        k = (n1 @ w[p + "attn_k.weight"].T).view(b, t, kv, d)
-        v = (n1 @ w[p + "attn_v.weight"].T).view(b, t, kv, d)
+        q = n1 @ w[p + "attn_q.weight"].T
+        k = n1 @ w[p + "attn_k.weight"].T
+        v = n1 @ w[p + "attn_v.weight"].T
+        if cfg["arch"] == "qwen2":
+            q, k, v = q + w[p + "attn_q.bias"], k + w[p + "attn_k.bias"], v + w[p + "attn_v.bias"]
+        q, k, v = q.view(b, t, h, d), k.view(b, t, kv, d), v.view(b, t, kv, d)
+        if cfg["arch"] == "qwen3":  # RMSNorm of each head, one weight shared by the heads
+            q = rmsnorm(q, w[p + "attn_q_norm.weight"], eps)
+            k = rmsnorm(k, w[p + "attn_k_norm.weight"], eps)
         q, k = rope(q, theta, mode), rope(k, theta, mode)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, NH, T, D]
         k = k.repeat_interleave(h // kv, dim=1)
@@ -240,6 +254,7 @@ def main():
     r = sub.add_parser("random")
     r.add_argument("--out", required=True)
     r.add_argument("--seed", type=int, default=1234)
+    r.add_argument("--arch", default="llama", choices=["llama", "qwen2", "qwen3"])
     wp = sub.add_parser("weights")
     wp.add_argument("--weights", required=True)
     wp.add_argument("--out", required=True)
@@ -258,9 +273,13 @@ def main():
         torch.set_num_threads(1)
         gen = torch.Generator().manual_seed(a.seed)
         cfg = dict(RANDOM_CONFIG)
+        if a.arch != "llama":
+            cfg.update(arch=a.arch, n_layer=1)
         weights = {}
         for name, shape in param_names(cfg):
-            if len(shape) == 1:
+            if name.endswith(".bias"):
+                weights[name] = 0.3 * torch.randn(shape, generator=gen)
+            elif len(shape) == 1:
                 weights[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
             else:
                 weights[name] = 0.3 * torch.randn(shape, generator=gen)

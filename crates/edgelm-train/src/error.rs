@@ -17,14 +17,6 @@ pub enum TrainError {
         /// The kernel's error.
         source: edgelm_kernels::KernelError,
     },
-    /// The architecture has parts training does not implement yet.
-    #[error("training supports the llama architecture; {arch} is not implemented yet ({reason})")]
-    UnsupportedArch {
-        /// `general.architecture`.
-        arch: String,
-        /// What is missing.
-        reason: &'static str,
-    },
     /// A tensor is missing from a weights file.
     #[error("tensor {name} is missing from {file}")]
     MissingTensor {

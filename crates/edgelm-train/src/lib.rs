@@ -1,5 +1,5 @@
-//! Training on the CPU: f32 forward and backward of the llama architecture, the optimizer and
-//! its schedule. Must not know about the CLI or files other than GGUF (weights in) and
+//! Training on the CPU: f32 forward and backward of the llama architecture (and qwen2's
+//! biases, qwen3's per-head norms), the optimizer and its schedule, the training loop. Must not know about the CLI or files other than GGUF (weights in) and
 //! safetensors (weights, gradients and checkpoints).
 //!
 //! The model here is a second definition of the architecture `edgelm-model` runs: inference

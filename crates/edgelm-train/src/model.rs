@@ -83,7 +83,8 @@ impl TrainModel {
         })
     }
 
-    /// Random initialisation (GPT-2's: matrices N(0, 0.02²) by a seeded generator, norms 1).
+    /// Random initialisation (GPT-2's: matrices N(0, 0.02²) by a seeded generator, norms 1,
+    /// biases 0).
     pub fn random(config: ModelConfig, seed: u64) -> Result<TrainModel, TrainError> {
         let layout = ParamLayout::new(&config)?;
         let mut params = vec![0.0f32; layout.n_params()];
@@ -96,7 +97,9 @@ impl TrainModel {
         };
         for spec in layout.specs() {
             let dst = &mut params[spec.range()];
-            if spec.is_matrix() {
+            if spec.name.ends_with(".bias") {
+                dst.fill(0.0);
+            } else if spec.is_matrix() {
                 for x in dst.iter_mut() {
                     // Box-Muller
                     let (u1, u2) = (uniform(), uniform());
@@ -154,6 +157,11 @@ pub struct Workspace {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// Q and K before their per-head norm, and its 1/rms per head (qwen3; empty otherwise).
+    q_pre: Vec<f32>,
+    q_rstd: Vec<f32>,
+    k_pre: Vec<f32>,
+    k_rstd: Vec<f32>,
     /// [L, B, T, H, T] attention probabilities.
     att: Vec<f32>,
     atty: Vec<f32>,
@@ -174,6 +182,9 @@ pub struct Workspace {
     dq: Vec<f32>,
     dk: Vec<f32>,
     dv: Vec<f32>,
+    /// Gradients of Q and K before their per-head norm (qwen3; empty otherwise).
+    dq_pre: Vec<f32>,
+    dk_pre: Vec<f32>,
     datty: Vec<f32>,
     datt: Vec<f32>,
     dgate: Vec<f32>,
@@ -204,6 +215,12 @@ impl Workspace {
         let (l, c, ff, v) = (cfg.n_layer, cfg.n_embd, cfg.n_ff, cfg.n_vocab);
         let (qd, kvd, h) = (cfg.q_dim(), cfg.kv_dim(), cfg.n_head);
         let n = b * t;
+        let normed = model
+            .layout
+            .layers
+            .first()
+            .is_some_and(|lp| lp.q_norm.is_some());
+        let nl = if normed { l } else { 0 };
         let mut rope = zeros(&[t, cfg.rope_dim])?;
         let theta_scale = edgelm_kernels::ops::rope_theta_scale(cfg.rope_theta, cfg.rope_dim);
         for (p, row) in rope.chunks_exact_mut(cfg.rope_dim).enumerate() {
@@ -228,6 +245,10 @@ impl Workspace {
             q: zeros(&[l, n, qd])?,
             k: zeros(&[l, n, kvd])?,
             v: zeros(&[l, n, kvd])?,
+            q_pre: zeros(&[nl, n, qd])?,
+            q_rstd: zeros(&[nl, n, h])?,
+            k_pre: zeros(&[nl, n, kvd])?,
+            k_rstd: zeros(&[nl, n, cfg.n_head_kv])?,
             att: zeros(&[l, n, h, t])?,
             atty: zeros(&[l, n, qd])?,
             resid2: zeros(&[l, n, c])?,
@@ -245,6 +266,8 @@ impl Workspace {
             dq: zeros(&[n, qd])?,
             dk: zeros(&[n, kvd])?,
             dv: zeros(&[n, kvd])?,
+            dq_pre: zeros(&[n, if normed { qd } else { 0 }])?,
+            dk_pre: zeros(&[n, if normed { kvd } else { 0 }])?,
             datty: zeros(&[n, qd])?,
             datt: zeros(&[n, h, t])?,
             dgate: zeros(&[n, ff])?,
@@ -274,6 +297,12 @@ impl Workspace {
             &self.q,
             &self.k,
             &self.v,
+            &self.q_pre,
+            &self.q_rstd,
+            &self.k_pre,
+            &self.k_rstd,
+            &self.dq_pre,
+            &self.dk_pre,
             &self.att,
             &self.atty,
             &self.resid2,
@@ -396,6 +425,22 @@ pub fn forward(
         ops::matmul_forward(q, ln1, model.p(lp.wq), n, c, qd);
         ops::matmul_forward(k, ln1, model.p(lp.wk), n, c, kvd);
         ops::matmul_forward(vv, ln1, model.p(lp.wv), n, c, kvd);
+        for (y, bias) in [(&mut *q, lp.bq), (&mut *k, lp.bk), (&mut *vv, lp.bv)] {
+            if let Some(bi) = bias {
+                ops::bias_forward(y, model.p(bi));
+            }
+        }
+        if let (Some(qn), Some(kn)) = (lp.q_norm, lp.k_norm) {
+            // Per-head RMSNorm: rows of D values, one weight shared by the heads.
+            let q_pre = &mut ws.q_pre[l * nq..(l + 1) * nq];
+            q_pre.copy_from_slice(q);
+            let q_rstd = &mut ws.q_rstd[l * n * h..(l + 1) * n * h];
+            ops::rmsnorm_forward(q, q_rstd, q_pre, model.p(qn), eps);
+            let k_pre = &mut ws.k_pre[l * nkv..(l + 1) * nkv];
+            k_pre.copy_from_slice(k);
+            let k_rstd = &mut ws.k_rstd[l * n * kv..(l + 1) * n * kv];
+            ops::rmsnorm_forward(k, k_rstd, k_pre, model.p(kn), eps);
+        }
         ops::rope_forward(q, &ws.rope, t, h, d, mode);
         ops::rope_forward(k, &ws.rope, t, kv, d, mode);
         let atty = &mut ws.atty[l * nq..(l + 1) * nq];
@@ -573,13 +618,37 @@ pub fn backward(
         );
         ops::rope_backward(&mut ws.dq, &ws.rope, t, h, d, mode);
         ops::rope_backward(&mut ws.dk, &ws.rope, t, kv, d, mode);
+        let (dq, dk): (&[f32], &[f32]) = if let (Some(qn), Some(kn)) = (lp.q_norm, lp.k_norm) {
+            ws.dq_pre.fill(0.0);
+            ops::rmsnorm_backward(
+                &mut ws.dq_pre,
+                &mut grads[g(qn)],
+                &ws.dq,
+                &ws.q_pre[l * nq..(l + 1) * nq],
+                model.p(qn),
+                &ws.q_rstd[l * n * h..(l + 1) * n * h],
+            );
+            ws.dk_pre.fill(0.0);
+            ops::rmsnorm_backward(
+                &mut ws.dk_pre,
+                &mut grads[g(kn)],
+                &ws.dk,
+                &ws.k_pre[l * nkv..(l + 1) * nkv],
+                model.p(kn),
+                &ws.k_rstd[l * n * kv..(l + 1) * n * kv],
+            );
+            (&ws.dq_pre, &ws.dk_pre)
+        } else {
+            (&ws.dq, &ws.dk)
+        };
+        for (dy, bias) in [(dq, lp.bq), (dk, lp.bk), (&ws.dv[..], lp.bv)] {
+            if let Some(bi) = bias {
+                ops::bias_backward(&mut grads[g(bi)], dy);
+            }
+        }
         let ln1 = &ws.ln1[l * nc..(l + 1) * nc];
         ws.dln.fill(0.0);
-        for (dy, w, od) in [
-            (&ws.dq, lp.wq, qd),
-            (&ws.dk, lp.wk, kvd),
-            (&ws.dv, lp.wv, kvd),
-        ] {
+        for (dy, w, od) in [(dq, lp.wq, qd), (dk, lp.wk, kvd), (&ws.dv[..], lp.wv, kvd)] {
             ops::matmul_backward(&mut ws.dln, &mut grads[g(w)], dy, ln1, model.p(w), n, c, od);
         }
         ops::rmsnorm_backward(

@@ -182,6 +182,33 @@ pub fn matmul_backward(
 }
 
 // ------------------------------------------------------------------------------------------
+// Bias
+
+/// `out[i] += b` for every row. out: [N, W]; b: [W].
+pub fn bias_forward(out: &mut [f32], b: &[f32]) {
+    out.par_chunks_mut(b.len())
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|row| {
+            for (o, &bi) in row.iter_mut().zip(b) {
+                *o += bi;
+            }
+        });
+}
+
+/// db `+=` Σ_rows dout. dout: [N, W]; db: [W].
+pub fn bias_backward(db: &mut [f32], dout: &[f32]) {
+    let (w, block) = (db.len(), 64);
+    db.par_chunks_mut(block).enumerate().for_each(|(bi, dbb)| {
+        let c0 = bi * block;
+        for row in dout.chunks_exact(w) {
+            for (j, d) in dbb.iter_mut().enumerate() {
+                *d += row[c0 + j];
+            }
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------------------
 // RoPE
 
 /// Rotates every head of every row in place. x: [B, T, NH, D]; cache: [T, rope_dim] (cos, sin

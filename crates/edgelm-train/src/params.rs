@@ -55,6 +55,13 @@ pub(crate) struct LayerParams {
     pub w_gate: usize,
     pub w_up: usize,
     pub w_down: usize,
+    /// Q/K/V biases (qwen2).
+    pub bq: Option<usize>,
+    pub bk: Option<usize>,
+    pub bv: Option<usize>,
+    /// Per-head RMSNorm weights of Q and K (qwen3).
+    pub q_norm: Option<usize>,
+    pub k_norm: Option<usize>,
 }
 
 /// The table for one config.
@@ -70,14 +77,8 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
-    /// The table for `cfg` (llama: no biases, no per-head norms).
+    /// The table for `cfg`: llama; qwen2 adds Q/K/V biases; qwen3 per-head Q/K norms.
     pub fn new(cfg: &ModelConfig) -> Result<ParamLayout, TrainError> {
-        if cfg.arch != Arch::Llama {
-            return Err(TrainError::UnsupportedArch {
-                arch: cfg.arch.name().into(),
-                reason: "Q/K/V biases and per-head norms have no backward yet",
-            });
-        }
         let mut specs = Vec::new();
         let mut offset = 0usize;
         let mut add = |name: String, shape: Vec<usize>| -> Result<usize, TrainError> {
@@ -101,11 +102,38 @@ impl ParamLayout {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
             let n = |s: &str| format!("blk.{il}.{s}");
+            let attn_norm = add(n("attn_norm.weight"), vec![c])?;
+            let wq = add(n("attn_q.weight"), vec![qd, c])?;
+            let wk = add(n("attn_k.weight"), vec![kvd, c])?;
+            let wv = add(n("attn_v.weight"), vec![kvd, c])?;
+            let biased = cfg.arch == Arch::Qwen2;
+            let (bq, bk, bv) = if biased {
+                (
+                    Some(add(n("attn_q.bias"), vec![qd])?),
+                    Some(add(n("attn_k.bias"), vec![kvd])?),
+                    Some(add(n("attn_v.bias"), vec![kvd])?),
+                )
+            } else {
+                (None, None, None)
+            };
+            let (q_norm, k_norm) = if cfg.arch == Arch::Qwen3 {
+                (
+                    Some(add(n("attn_q_norm.weight"), vec![cfg.head_dim])?),
+                    Some(add(n("attn_k_norm.weight"), vec![cfg.head_dim])?),
+                )
+            } else {
+                (None, None)
+            };
             layers.push(LayerParams {
-                attn_norm: add(n("attn_norm.weight"), vec![c])?,
-                wq: add(n("attn_q.weight"), vec![qd, c])?,
-                wk: add(n("attn_k.weight"), vec![kvd, c])?,
-                wv: add(n("attn_v.weight"), vec![kvd, c])?,
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                bq,
+                bk,
+                bv,
+                q_norm,
+                k_norm,
                 wo: add(n("attn_output.weight"), vec![c, qd])?,
                 ffn_norm: add(n("ffn_norm.weight"), vec![c])?,
                 w_gate: add(n("ffn_gate.weight"), vec![ff, c])?,
@@ -151,6 +179,19 @@ impl ParamLayout {
     /// Fills `params` with the tensors of `file`, dequantized to f32 (every ggml type the
     /// kernels dequantize). Shapes are checked against the layout.
     pub fn load_gguf(&self, file: &GgufFile, params: &mut [f32]) -> Result<(), TrainError> {
+        // A tensor training would ignore (an output bias, say) would silently change the
+        // model: refuse the file instead. rope_freqs.weight is a constant, read elsewhere.
+        if let Some(t) = file
+            .tensors()
+            .iter()
+            .find(|t| t.name != "rope_freqs.weight" && self.get(&t.name).is_none())
+        {
+            return Err(TrainError::TensorMismatch {
+                name: t.name.clone(),
+                expected: "only the tensors training implements".into(),
+                found: "a tensor training does not know".into(),
+            });
+        }
         for spec in &self.specs {
             let t = file
                 .tensor(&spec.name)

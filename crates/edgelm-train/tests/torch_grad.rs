@@ -18,9 +18,15 @@ use edgelm_train::{backward, forward, ConfigFile, TrainModel, Workspace, IGNORE}
 /// Elementwise gradient budget, relative to the tensor's largest reference gradient.
 const GRAD_REL_TOL: f64 = 2e-5;
 
-fn fixture() -> TensorFile {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/torch_grad.safetensors");
+fn fixture_named(name: &str) -> TensorFile {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
     TensorFile::read(&p).expect("committed fixture")
+}
+
+fn fixture() -> TensorFile {
+    fixture_named("torch_grad.safetensors")
 }
 
 fn ids(v: &[i64]) -> Vec<u32> {
@@ -31,12 +37,28 @@ fn ids(v: &[i64]) -> Vec<u32> {
 
 #[test]
 fn gradients_match_pytorch() {
-    let f = fixture();
+    check_gradients(&fixture());
+}
+
+/// Qwen2 (Q/K/V biases) and Qwen3 (per-head Q/K RMSNorm), NEOX RoPE: one layer each,
+/// `scripts/torch_grad.py random --arch qwen2|qwen3`.
+#[test]
+fn qwen_gradients_match_pytorch() {
+    for name in [
+        "torch_grad_qwen2.safetensors",
+        "torch_grad_qwen3.safetensors",
+    ] {
+        eprintln!("{name}");
+        check_gradients(&fixture_named(name));
+    }
+}
+
+fn check_gradients(f: &TensorFile) {
     let cfg: ConfigFile = serde_json::from_str(&f.metadata[CONFIG_KEY]).unwrap();
     let cfg = cfg.to_model_config().unwrap();
     let mut model = TrainModel::random(cfg, 0).unwrap();
     let mut params = std::mem::take(&mut model.params);
-    model.read_values(&f, "weights.", &mut params).unwrap();
+    model.read_values(f, "weights.", &mut params).unwrap();
     model.params = params;
     let (shape, tokens) = f.i64("tokens").unwrap();
     let (b, t) = (shape[0], shape[1]);

@@ -4,9 +4,9 @@
 use super::*;
 use crate::ConfigFile;
 
-fn tiny_config(tied: bool) -> ModelConfig {
+fn arch_config(arch: &str, tied: bool) -> ModelConfig {
     ConfigFile {
-        arch: "llama".into(),
+        arch: arch.into(),
         n_layer: 2,
         n_embd: 16,
         n_head: 4,
@@ -25,7 +25,11 @@ fn tiny_config(tied: bool) -> ModelConfig {
 
 /// A tiny model with weights large enough that the loss moves measurably in f32.
 fn tiny_model(tied: bool) -> TrainModel {
-    let mut m = TrainModel::random(tiny_config(tied), 42).unwrap();
+    arch_model("llama", tied)
+}
+
+fn arch_model(arch: &str, tied: bool) -> TrainModel {
+    let mut m = TrainModel::random(arch_config(arch, tied), 42).unwrap();
     let mut s = 7u64;
     for p in m.params.iter_mut() {
         s = s
@@ -50,8 +54,13 @@ fn grads_of(m: &TrainModel, b: usize, t: usize, tokens: &[u32], targets: &[u32])
 
 #[test]
 fn model_gradient_matches_finite_differences() {
-    for tied in [true, false] {
-        let mut m = tiny_model(tied);
+    for (arch, tied) in [
+        ("llama", true),
+        ("llama", false),
+        ("qwen2", true),
+        ("qwen3", true),
+    ] {
+        let mut m = arch_model(arch, tied);
         let (b, t) = (2, 5);
         let g = grads_of(&m, b, t, &TOKENS, &TARGETS);
         let mut ws = Workspace::new(&m, b, t).unwrap();
@@ -63,7 +72,9 @@ fn model_gradient_matches_finite_differences() {
             let mut worst = 0.0f64;
             for i in r.clone().step_by((r.len() / 13).max(1)) {
                 let orig = m.params[i];
-                let h = 1e-2;
+                // Qwen3's per-head RMSNorm over D = 4 values is strongly curved where a head's
+                // values are small: a smaller step keeps the O(h²) truncation in budget there.
+                let h = if arch == "qwen3" { 2e-3 } else { 1e-2 };
                 m.params[i] = orig + h;
                 let lp = forward(&m, &mut ws, &TOKENS, &TARGETS).unwrap() as f64;
                 m.params[i] = orig - h;
@@ -75,13 +86,16 @@ fn model_gradient_matches_finite_differences() {
                 // f32 loss rounding (~2e-7) over 2h gives ~1e-5 of noise; truncation O(h²).
                 assert!(
                     err <= 3e-3 * scale + 2e-5,
-                    "{} (tied {tied}) [{}]: analytic {} vs finite difference {fd}",
+                    "{arch} {} (tied {tied}) [{}]: analytic {} vs finite difference {fd}",
                     spec.name,
                     i - r.start,
                     g[i]
                 );
             }
-            eprintln!("tied {tied} {}: worst err / max|g| {worst:.1e}", spec.name);
+            eprintln!(
+                "{arch} tied {tied} {}: worst err / max|g| {worst:.1e}",
+                spec.name
+            );
         }
     }
 }
@@ -142,8 +156,4 @@ fn bad_batches_are_rejected() {
     let e = forward(&m, &mut ws, &TOKENS, &[IGNORE; 10]).unwrap_err();
     assert!(e.to_string().contains("no target"), "{e}");
     assert!(Workspace::new(&m, 0, 5).is_err());
-    let mut cfg = ConfigFile::from_model_config(&tiny_config(true));
-    cfg.arch = "qwen2".into();
-    let e = ParamLayout::new(&cfg.to_model_config().unwrap()).unwrap_err();
-    assert!(e.to_string().contains("qwen2 is not implemented"), "{e}");
 }

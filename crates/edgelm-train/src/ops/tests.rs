@@ -256,3 +256,20 @@ fn cross_entropy_backward_matches_finite_differences() {
     cross_entropy_forward(&mut l, &vec![0.5; v], &[2], v);
     assert!((l[0] - (v as f32).ln()).abs() < 1e-6);
 }
+
+#[test]
+fn bias_backward_matches_finite_differences() {
+    let (n, w) = (5, 70);
+    let mut r = Rng::new(8);
+    let x = r.vec(n * w, 1.0);
+    let b = r.vec(w, 1.0);
+    let g = r.vec(n * w, 1.0);
+    let mut db = vec![0.5; w];
+    bias_backward(&mut db, &g);
+    db.iter_mut().for_each(|d| *d -= 0.5);
+    fd_check("bias db", &b, &db, 1e-2, |b| {
+        let mut out = x.clone();
+        bias_forward(&mut out, b);
+        weighted(&out, &g)
+    });
+}
