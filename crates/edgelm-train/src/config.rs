@@ -10,7 +10,7 @@ use crate::TrainError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// `llama` (the architecture training implements).
+    /// `llama`, `qwen2` or `qwen3`.
     pub arch: String,
     /// Blocks (L).
     pub n_layer: usize,
