@@ -17,7 +17,7 @@ echo "== cargo check, aarch64 (the library crates; the binary's TLS stack needs 
 if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu \
   || timeout 120 rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1; then
   cargo check --release -q --target aarch64-unknown-linux-gnu -p edgelm-gguf -p edgelm-kernels \
-    -p edgelm-tokenizer -p edgelm-model -p edgelm-runtime
+    -p edgelm-tokenizer -p edgelm-model -p edgelm-runtime -p edgelm-train
 else
   echo "skipped: the aarch64-unknown-linux-gnu standard library cannot be installed here"
 fi

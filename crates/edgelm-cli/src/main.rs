@@ -39,6 +39,8 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Serve the model over an OpenAI-compatible HTTP API.
     Serve(cmd::serve::ServeArgs),
+    /// Fine-tune a model's weights on a text file (f32, on the CPU), with checkpoints.
+    Finetune(cmd::finetune::FinetuneArgs),
 }
 
 impl Command {
@@ -52,6 +54,7 @@ impl Command {
             Command::Fetch(a) => &a.global,
             Command::Bench(a) => &a.global,
             Command::Serve(a) => &a.global,
+            Command::Finetune(a) => &a.global,
         }
     }
 }
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Finetune(a) => cmd::finetune::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

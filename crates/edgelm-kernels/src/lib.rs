@@ -18,6 +18,7 @@ pub use edgelm_gguf::GgmlType;
 mod arch;
 pub mod attn_q8;
 mod convert;
+pub mod dense;
 mod dispatch;
 mod error;
 mod matmul;

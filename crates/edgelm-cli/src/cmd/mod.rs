@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod fetch;
+pub mod finetune;
 pub mod info;
 pub mod perplexity;
 pub mod run;
