@@ -37,6 +37,8 @@ enum Command {
     Fetch(cmd::fetch::FetchArgs),
     /// Measure prompt-processing and generation speed, as llama-bench does.
     Bench(cmd::bench::BenchArgs),
+    /// Convert a model's weights to another type, as llama-quantize does.
+    Quantize(cmd::quantize::QuantizeArgs),
 }
 
 impl Command {
@@ -49,6 +51,7 @@ impl Command {
             Command::Perplexity(a) => &a.global,
             Command::Fetch(a) => &a.global,
             Command::Bench(a) => &a.global,
+            Command::Quantize(a) => &a.global,
         }
     }
 }
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

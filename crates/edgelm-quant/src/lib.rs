@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod kquants;
 pub mod legacy;
 pub mod recipe;
@@ -53,6 +54,17 @@ pub enum QuantError {
         got: usize,
         /// "elements" or "bytes".
         unit: &'static str,
+    },
+    /// A weight is too large for F16 (it would become infinite, which ggml's
+    /// `ggml_validate_row_data` rejects).
+    #[error("weight {index} (row {row}) is {value}: too large for F16 (max 65504)")]
+    F16Overflow {
+        /// Element index in the tensor.
+        index: usize,
+        /// Row of that element.
+        row: usize,
+        /// The value.
+        value: f32,
     },
     /// A weight is NaN or infinite (ggml's `ggml_validate_row_data` rejects such data).
     #[error("weight {index} (row {row}) is {value}: cannot quantize non-finite weights")]
@@ -180,6 +192,16 @@ pub fn quantize_rows(
         });
     }
     check_finite(src, n_per_row)?;
+    if ty == GgmlType::F16 {
+        // 65520 and above round to infinity.
+        if let Some(index) = src.iter().position(|v| v.abs() >= 65520.0) {
+            return Err(QuantError::F16Overflow {
+                index,
+                row: index / n_per_row,
+                value: src[index],
+            });
+        }
+    }
     // Groups of at least 16 Ki elements, as llama.cpp's chunks, so the scheduling cost
     // stays small next to the work.
     let rows_per_task = (16 * 1024usize).div_ceil(n_per_row).max(1);

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod fetch;
 pub mod info;
 pub mod perplexity;
+pub mod quantize;
 pub mod run;
 pub mod tokenize;
 
