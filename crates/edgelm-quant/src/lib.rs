@@ -9,15 +9,20 @@
 //!   the mixed recipes that give some tensors more bits, per-tensor overrides, and the
 //!   fallback for rows whose length is not a multiple of the block size.
 //!
+//! - [`model`]: a whole GGUF model converted as llama-quantize converts it (same tensor and
+//!   metadata order), so that without an importance matrix the output *file* is
+//!   byte-identical with llama.cpp's; [`compare`] reports block differences otherwise.
+//!
 //! The crate knows the type table and block layouts (from `edgelm-gguf` / `edgelm-kernels`)
-//! and tensor *names* (for the recipes), but not files: reading and writing GGUF is the
-//! caller's job.
+//! and tensor *names* (for the recipes); it reads parsed [`edgelm_gguf::GgufFile`]s and
+//! returns [`edgelm_gguf::GgufWriter`]s, leaving paths and I/O to the caller.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod compare;
 pub mod kquants;
 pub mod legacy;
+pub mod model;
 pub mod recipe;
 
 use edgelm_gguf::GgmlType;
