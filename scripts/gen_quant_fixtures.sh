@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the quantization fixtures in crates/edgelm-quant/tests/data/quant/: a synthetic
+# Regenerates the quantization fixtures in crates/edgelm-quant/tests/data/: a synthetic
 # F32 model (examples/make_quant_fixture.rs) and llama.cpp's llama-quantize output for each of
 # the 17 file types edgelm writes. Needs llama.cpp's tools (LLAMA_BIN, default
 # ~/.cache/edgelm-ref/llama.cpp/build/bin; /work/shared/tools/llamacpp-tools.sh builds them).
@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${LLAMA_BIN:-$HOME/.cache/edgelm-ref/llama.cpp/build/bin}"
-out=crates/edgelm-quant/tests/data/quant
+out=crates/edgelm-quant/tests/data
 mkdir -p "$out"
 cargo run --release -q -p edgelm-quant --example make_quant_fixture -- "$out/source-f32.gguf"
 for t in F32 F16 BF16 Q8_0 Q6_K Q5_K_S Q5_K_M Q5_0 Q5_1 Q4_K_S Q4_K_M Q4_0 Q4_1 Q3_K_S Q3_K_M Q3_K_L Q2_K; do

@@ -1,4 +1,4 @@
-//! Bit-exactness against llama.cpp: the synthetic F32 model in tests/data/quant/ was quantized
+//! Bit-exactness against llama.cpp: the synthetic F32 model in tests/data/ was quantized
 //! by llama-quantize to each of the 17 file types (scripts/gen_quant_fixtures.sh). Quantizing
 //! the same source here must give the same *file*, byte for byte; when it does not, the test
 //! reports which tensors and how many blocks differ, and by how much.
@@ -11,7 +11,7 @@ use edgelm_quant::model::{quantize_model, QuantizeOptions};
 use edgelm_quant::recipe::{FileType, RecipeOptions, ALL_FILE_TYPES};
 
 fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 fn quantize(source: &GgufFile, file_type: FileType) -> Vec<u8> {
