@@ -6,6 +6,7 @@
 
 mod cmd;
 mod fetch;
+mod hf;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,8 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Convert a model's weights to another type, as llama-quantize does.
     Quantize(cmd::quantize::QuantizeArgs),
+    /// Compare a model with its base on a text: both perplexities, KL divergence, top-1 agreement.
+    Eval(cmd::eval::EvalArgs),
 }
 
 impl Command {
@@ -52,6 +55,7 @@ impl Command {
             Command::Fetch(a) => &a.global,
             Command::Bench(a) => &a.global,
             Command::Quantize(a) => &a.global,
+            Command::Eval(a) => &a.global,
         }
     }
 }
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

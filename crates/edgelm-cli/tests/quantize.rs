@@ -337,3 +337,113 @@ fn real_model_round_trip_and_llama_cpp_parity() {
         std::fs::remove_file(&out).unwrap();
     }
 }
+
+fn wikitext() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/wikitext-2-raw-test.txt");
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("skipped: {} is absent", p.display());
+        None
+    }
+}
+
+#[test]
+fn eval_bad_input_fails_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("t.txt");
+    std::fs::write(&text, "hello").unwrap();
+    let o = run(&[
+        "eval",
+        "--base",
+        "/nonexistent.gguf",
+        "-m",
+        "/nonexistent2.gguf",
+        "-f",
+        s(&text),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nonexistent"), "{}", stderr(&o));
+    let o = run(&["eval", "-f", s(&text)]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(&["eval", "--base", "x", "-f", s(&text), "-c", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let Some(model) = real_model() else { return };
+    // Too little text for two windows.
+    let o = run(&[
+        "eval",
+        "--base",
+        s(&model),
+        "-m",
+        s(&model),
+        "-f",
+        s(&text),
+        "-c",
+        "64",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("token"), "{}", stderr(&o));
+}
+
+/// A model against itself diverges by exactly 0 and always agrees; against its F32 dump (the
+/// same weights, so the same logits up to activation rounding) KLD is tiny; a Q2_K model
+/// diverges more than a Q8_0 one.
+#[test]
+fn eval_real_model() {
+    let (Some(model), Some(text)) = (real_model(), wikitext()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let eval = |base: &Path, m: &Path| -> serde_json::Value {
+        let o = run(&[
+            "eval",
+            "--base",
+            s(base),
+            "-m",
+            s(m),
+            "-f",
+            s(&text),
+            "-c",
+            "128",
+            "--chunks",
+            "2",
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_str(stdout(&o).trim()).unwrap()
+    };
+    let j = eval(&model, &model);
+    assert_eq!(j["kld_mean"].as_f64().unwrap(), 0.0);
+    assert_eq!(j["kld_max"].as_f64().unwrap(), 0.0);
+    assert_eq!(j["same_top"].as_f64().unwrap(), 1.0);
+    assert_eq!(j["ppl"], j["ppl_base"]);
+    assert_eq!(j["n_tokens_scored"], 2 * 63);
+    let f32_path = tmp.path().join("f32.gguf");
+    let o = run(&["quantize", s(&model), s(&f32_path), "--type", "F32", "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut kld = Vec::new();
+    for ty in ["Q8_0", "Q2_K"] {
+        let q = tmp.path().join(format!("{ty}.gguf"));
+        let o = run(&["quantize", s(&f32_path), s(&q), "--type", ty, "-q"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let j = eval(&f32_path, &q);
+        let (mean, median, p99) = (
+            j["kld_mean"].as_f64().unwrap(),
+            j["kld_median"].as_f64().unwrap(),
+            j["kld_p99"].as_f64().unwrap(),
+        );
+        assert!(
+            mean > 0.0 && median > 0.0 && median <= p99 && p99 <= j["kld_max"].as_f64().unwrap()
+        );
+        kld.push((ty, mean, j["same_top"].as_f64().unwrap()));
+    }
+    assert!(
+        kld[0].1 < kld[1].1,
+        "Q8_0 should diverge less than Q2_K: {kld:?}"
+    );
+    assert!(
+        kld[0].2 > kld[1].2,
+        "Q8_0 should agree more than Q2_K: {kld:?}"
+    );
+}

@@ -10,6 +10,7 @@
 mod engine;
 mod error;
 mod generate;
+mod kld;
 pub mod mem;
 mod perplexity;
 mod sampler;
@@ -21,6 +22,7 @@ pub use error::RuntimeError;
 pub use generate::{
     ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, GenerationResult, Timings,
 };
+pub use kld::{kl_divergence, kl_divergence_with, KldProgress, KldResult, MeanUnc};
 pub use perplexity::{
     perplexity, perplexity_with, token_nll, ChunkProgress, PerplexityOptions, PerplexityResult,
 };

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod eval;
 pub mod fetch;
 pub mod info;
 pub mod perplexity;

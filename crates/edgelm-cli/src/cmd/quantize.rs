@@ -27,7 +27,9 @@ use super::{usage, GlobalArgs};
 /// Arguments of `edgelm quantize`.
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
-    /// Input GGUF file.
+    /// Input: a GGUF file, or a Hugging Face Llama model directory (config.json,
+    /// tokenizer.json, tokenizer_config.json, *.safetensors), converted first as
+    /// convert_hf_to_gguf.py does.
     pub input: PathBuf,
     /// Output GGUF file (written to OUTPUT.tmp, then renamed).
     pub output: PathBuf,
@@ -54,6 +56,9 @@ pub struct QuantizeArgs {
     /// Allow converting already-quantized tensors to another quantized type (lossy twice).
     #[arg(long)]
     pub allow_requantize: bool,
+    /// Pre-tokenizer name for a Hugging Face input (default: found by llama.cpp's probe hash).
+    #[arg(long)]
+    pub tokenizer_pre: Option<String>,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -96,7 +101,21 @@ fn parse_tensor_type(s: &str) -> Result<(String, GgmlType), String> {
 /// Runs `edgelm quantize`.
 pub fn run(args: &QuantizeArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let (_, file) = super::open_gguf(Some(&args.input))?;
+    let file = if args.input.is_dir() {
+        let bytes = crate::hf::convert_dir(&args.input, args.tokenizer_pre.as_deref())
+            .with_context(|| {
+                format!(
+                    "cannot convert the model directory {}",
+                    args.input.display()
+                )
+            })?;
+        std::sync::Arc::new(
+            edgelm_gguf::GgufFile::from_bytes(bytes)
+                .context("the converted model does not parse")?,
+        )
+    } else {
+        super::open_gguf(Some(&args.input))?.1
+    };
     let opts = QuantizeOptions {
         file_type: args.file_type,
         recipe: RecipeOptions {
