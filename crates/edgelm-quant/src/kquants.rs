@@ -15,7 +15,7 @@ use edgelm_kernels::quant::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, QK
 use crate::{f16_bits, f16_value};
 
 /// ggml's `GROUP_MAX_EPS`: groups whose largest magnitude is below it quantize to zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// ggml's `nearest_int`: round to nearest, ties to even, via the 1.5·2^23 magic number.
 #[inline(always)]
@@ -24,9 +24,13 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
     (val.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-/// ggml `make_qx_quants` for `qw == NULL` and `rmse_type == 1` (weights `x²`), the only case
-/// the reference quantizers use. Quants are written offset by `nmax` into `l_out`.
-pub(crate) fn make_qx_quants_rmse1(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
+/// ggml `make_qx_quants` with `rmse_type == 1` (the only one used): weights `qw`, or `x²`
+/// without. Quants are written offset by `nmax` into `l_out`.
+pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
+    let weight = |i: usize| match qw {
+        Some(q) => q[i],
+        None => x[i] * x[i],
+    };
     let n = x.len();
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
@@ -48,7 +52,7 @@ pub(crate) fn make_qx_quants_rmse1(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f3
     for i in 0..n {
         let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
         l_out[i] = (l + nmax) as i8;
-        let w = x[i] * x[i];
+        let w = weight(i);
         sumlx += w * x[i] * l as f32;
         suml2 += w * l as f32 * l as f32;
     }
@@ -63,7 +67,7 @@ pub(crate) fn make_qx_quants_rmse1(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f3
         suml2 = 0.0;
         for i in 0..n {
             let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-            let w = x[i] * x[i];
+            let w = weight(i);
             sumlx += w * x[i] * l as f32;
             suml2 += w * l as f32 * l as f32;
         }
@@ -242,7 +246,7 @@ fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
 }
 
 /// Packs four 2-bit planes of 32 quants per 128 elements (Q2_K's and Q3_K's `qs`).
-fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
+pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
     for j in (0..QK_K).step_by(128) {
         for k in 0..32 {
             qs[j / 4 + k] =
@@ -353,40 +357,7 @@ pub fn quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3K]) {
         } else {
             b.d = f16_bits(0.0);
         }
-        for j in 0..QK_K / 16 {
-            let sc = if j < 8 {
-                b.scales[j] & 0xF
-            } else {
-                b.scales[j - 8] >> 4
-            };
-            let sc = (sc | (((b.scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
-            let d = f16_value(b.d) * sc as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
-                l[16 * j + ii] = (q + 4) as i8;
-            }
-        }
-        b.hmask = [0; QK_K / 8];
-        let mut lu = [0u8; QK_K];
-        let mut m = 0usize;
-        let mut hm = 1u8;
-        for j in 0..QK_K {
-            let mut v = l[j] as u8;
-            if v > 3 {
-                b.hmask[m] |= hm;
-                v -= 4;
-            }
-            lu[j] = v;
-            m += 1;
-            if m == QK_K / 8 {
-                m = 0;
-                hm <<= 1;
-            }
-        }
-        pack_2bit(&lu, &mut b.qs);
+        q3_finish(x, b, &mut l);
     }
 }
 
@@ -457,6 +428,20 @@ fn quantize_k4_scales(
     }
     let d = f16_bits(max_scale / 63.0);
     let dmin = f16_bits(max_min / 63.0);
+    k4_final_quants(x, packed, d, dmin, nmax, l);
+    (d, dmin)
+}
+
+/// Q4_K/Q5_K: the final quants in `0..=nmax` from the packed scales and mins (groups whose
+/// scale is 0 keep what `l` holds).
+pub(crate) fn k4_final_quants(
+    x: &[f32],
+    packed: &[u8; 12],
+    d: [u8; 2],
+    dmin: [u8; 2],
+    nmax: i32,
+    l: &mut [u8; QK_K],
+) {
     for j in 0..QK_K / 32 {
         let (sc, m) = get_scale_min_k4(j, packed);
         let dd = f16_value(d) * sc as f32;
@@ -469,7 +454,38 @@ fn quantize_k4_scales(
             l[32 * j + ii] = q as u8;
         }
     }
-    (d, dmin)
+}
+
+/// Q4_K's nibbles: 64 elements per 32 bytes, low nibbles first.
+pub(crate) fn pack_q4k(l: &[u8; QK_K], qs: &mut [u8; QK_K / 2]) {
+    for (j, q) in (0..QK_K).step_by(64).zip(qs.chunks_exact_mut(32)) {
+        for k in 0..32 {
+            q[k] = l[j + k] | (l[j + k + 32] << 4);
+        }
+    }
+}
+
+/// Q5_K's low nibbles and high-bit planes.
+pub(crate) fn pack_q5k(l: &[u8; QK_K], b: &mut BlockQ5K) {
+    b.qh = [0; QK_K / 8];
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (n, ql) in (0..QK_K).step_by(64).zip(b.qs.chunks_exact_mut(32)) {
+        for j in 0..32 {
+            let mut l1 = l[n + j];
+            if l1 > 15 {
+                l1 -= 16;
+                b.qh[j] |= m1;
+            }
+            let mut l2 = l[n + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                b.qh[j] |= m2;
+            }
+            ql[j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
+    }
 }
 
 /// ggml `quantize_row_q4_K_ref`.
@@ -477,11 +493,7 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) {
     let mut l = [0u8; QK_K];
     for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
         (b.d, b.dmin) = quantize_k4_scales(x, 15, -1.0, 20, &mut b.scales, &mut l);
-        for (j, q) in (0..QK_K).step_by(64).zip(b.qs.chunks_exact_mut(32)) {
-            for k in 0..32 {
-                q[k] = l[j + k] | (l[j + k + 32] << 4);
-            }
-        }
+        pack_q4k(&l, &mut b.qs);
     }
 }
 
@@ -490,81 +502,112 @@ pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5K]) {
     let mut l = [0u8; QK_K];
     for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
         (b.d, b.dmin) = quantize_k4_scales(x, 31, -0.5, 15, &mut b.scales, &mut l);
-        b.qh = [0; QK_K / 8];
-        let (mut m1, mut m2) = (1u8, 2u8);
-        for (n, ql) in (0..QK_K).step_by(64).zip(b.qs.chunks_exact_mut(32)) {
-            for j in 0..32 {
-                let mut l1 = l[n + j];
-                if l1 > 15 {
-                    l1 -= 16;
-                    b.qh[j] |= m1;
-                }
-                let mut l2 = l[n + j + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    b.qh[j] |= m2;
-                }
-                ql[j] = l1 | (l2 << 4);
-            }
-            m1 <<= 2;
-            m2 <<= 2;
-        }
+        pack_q5k(&l, b);
     }
 }
 
 /// ggml `quantize_row_q6_K_ref`.
 pub fn quantize_row_q6_k(x: &[f32], y: &mut [BlockQ6K]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
+        quantize_block_q6_k(x, b, None);
+    }
+}
+
+/// One Q6_K block: the reference (`qw == None`) or the importance-weighted path (ggml's
+/// `quantize_row_q6_K_impl`, which differs only in `make_qx_quants`' weights).
+pub(crate) fn quantize_block_q6_k(x: &[f32], b: &mut BlockQ6K, qw: Option<&[f32]>) {
     let mut l = [0i8; QK_K];
     let mut scales = [0.0f32; QK_K / 16];
-    for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
-        let mut max_scale = 0.0f32;
-        let mut max_abs_scale = 0.0f32;
-        for ib in 0..QK_K / 16 {
-            let scale =
-                make_qx_quants_rmse1(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16]);
-            scales[ib] = scale;
-            let abs_scale = scale.abs();
-            if abs_scale > max_abs_scale {
-                max_abs_scale = abs_scale;
-                max_scale = scale;
-            }
-        }
-        if max_abs_scale < GROUP_MAX_EPS {
-            *b = bytemuck::Zeroable::zeroed();
-            b.d = f16_bits(0.0);
-            continue;
-        }
-        let iscale = -128.0 / max_scale;
-        b.d = f16_bits(1.0 / iscale);
-        for ib in 0..QK_K / 16 {
-            b.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
-        }
-        for j in 0..QK_K / 16 {
-            let d = f16_value(b.d) * b.scales[j] as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
-                l[16 * j + ii] = (q + 32) as i8;
-            }
-        }
-        for (n, (ql, qh)) in (0..QK_K)
-            .step_by(128)
-            .zip(b.ql.chunks_exact_mut(64).zip(b.qh.chunks_exact_mut(32)))
-        {
-            for k in 0..32 {
-                let q1 = l[n + k] as u8 & 0xF;
-                let q2 = l[n + k + 32] as u8 & 0xF;
-                let q3 = l[n + k + 64] as u8 & 0xF;
-                let q4 = l[n + k + 96] as u8 & 0xF;
-                ql[k] = q1 | (q3 << 4);
-                ql[k + 32] = q2 | (q4 << 4);
-                qh[k] = (l[n + k] as u8 >> 4)
-                    | ((l[n + k + 32] as u8 >> 4) << 2)
-                    | ((l[n + k + 64] as u8 >> 4) << 4)
-                    | ((l[n + k + 96] as u8 >> 4) << 6);
-            }
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for ib in 0..QK_K / 16 {
+        let scale = make_qx_quants(
+            &x[16 * ib..16 * ib + 16],
+            32,
+            &mut l[16 * ib..16 * ib + 16],
+            qw.map(|q| &q[16 * ib..16 * ib + 16]),
+        );
+        scales[ib] = scale;
+        let abs_scale = scale.abs();
+        if abs_scale > max_abs_scale {
+            max_abs_scale = abs_scale;
+            max_scale = scale;
         }
     }
+    if max_abs_scale < GROUP_MAX_EPS {
+        *b = bytemuck::Zeroable::zeroed();
+        b.d = f16_bits(0.0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    b.d = f16_bits(1.0 / iscale);
+    for ib in 0..QK_K / 16 {
+        b.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+    }
+    for j in 0..QK_K / 16 {
+        let d = f16_value(b.d) * b.scales[j] as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+            l[16 * j + ii] = (q + 32) as i8;
+        }
+    }
+    for (n, (ql, qh)) in (0..QK_K)
+        .step_by(128)
+        .zip(b.ql.chunks_exact_mut(64).zip(b.qh.chunks_exact_mut(32)))
+    {
+        for k in 0..32 {
+            let q1 = l[n + k] as u8 & 0xF;
+            let q2 = l[n + k + 32] as u8 & 0xF;
+            let q3 = l[n + k + 64] as u8 & 0xF;
+            let q4 = l[n + k + 96] as u8 & 0xF;
+            ql[k] = q1 | (q3 << 4);
+            ql[k + 32] = q2 | (q4 << 4);
+            qh[k] = (l[n + k] as u8 >> 4)
+                | ((l[n + k + 32] as u8 >> 4) << 2)
+                | ((l[n + k + 64] as u8 >> 4) << 4)
+                | ((l[n + k + 96] as u8 >> 4) << 6);
+        }
+    }
+}
+
+/// The end of Q3_K (reference and weighted): final quants from the packed scales, the high-bit
+/// mask and the 2-bit planes. `l` holds the quants (offset 4) of groups whose scale is 0.
+pub(crate) fn q3_finish(x: &[f32], b: &mut BlockQ3K, l: &mut [i8; QK_K]) {
+    for j in 0..QK_K / 16 {
+        let sc = if j < 8 {
+            b.scales[j] & 0xF
+        } else {
+            b.scales[j - 8] >> 4
+        };
+        let sc = (sc | (((b.scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+        let d = f16_value(b.d) * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
+            l[16 * j + ii] = (q + 4) as i8;
+        }
+    }
+    b.hmask = [0; QK_K / 8];
+    let mut lu = [0u8; QK_K];
+    let mut m = 0usize;
+    let mut hm = 1u8;
+    for j in 0..QK_K {
+        let mut v = l[j] as u8;
+        if v > 3 {
+            b.hmask[m] |= hm;
+            v -= 4;
+        }
+        lu[j] = v;
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm <<= 1;
+        }
+    }
+    pack_2bit(&lu, &mut b.qs);
 }

@@ -24,6 +24,7 @@ pub mod kquants;
 pub mod legacy;
 pub mod model;
 pub mod recipe;
+pub mod weighted;
 
 use edgelm_gguf::GgmlType;
 use edgelm_kernels::quant::{

@@ -236,7 +236,13 @@ pub fn quantize_model<'a>(
             if is_quantized(t.ty) && is_quantized(p.to) {
                 summary.requantized = true;
             }
-            let f32s = tensor_to_f32(file, t)?;
+            // F32 sources are read in place when the mapping is aligned (it is for files with
+            // the default alignment); otherwise converted like any other type.
+            let f32s: std::borrow::Cow<[f32]> =
+                match bytemuck::try_cast_slice::<u8, f32>(file.tensor_data(t)) {
+                    Ok(v) if t.ty == GgmlType::F32 => std::borrow::Cow::Borrowed(v),
+                    _ => std::borrow::Cow::Owned(tensor_to_f32(file, t)?),
+                };
             let data = crate::quantize(p.to, &f32s, t.row_len()).map_err(|source| {
                 ModelError::Quantize {
                     name: t.name.clone(),
