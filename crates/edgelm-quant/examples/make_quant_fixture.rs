@@ -5,6 +5,9 @@
 //! different kinds: Gaussian-like noise, noise with outliers, zeros, constants, values below
 //! ggml's GROUP_MAX_EPS, one-signed rows, a large range, exact halves (rounding ties) and
 //! half-zero rows. Deterministic (own LCG); see scripts/gen_quant_fixtures.sh.
+//!
+//! With a second argument it also writes an importance matrix for the model's 2-D weights in
+//! llama-imatrix's GGUF format (positive values over four orders of magnitude, a few zeros).
 use edgelm_gguf::{GgmlType, GgufWriter, Value};
 
 struct Lcg(u64);
@@ -62,7 +65,8 @@ fn row(kind: usize, n: usize, rng: &mut Lcg) -> Vec<f32> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args()
         .nth(1)
-        .ok_or("usage: make_quant_fixture OUT.gguf")?;
+        .ok_or("usage: make_quant_fixture OUT.gguf [IMATRIX.gguf]")?;
+    let imatrix_out = std::env::args().nth(2);
     let mut w = GgufWriter::new();
     w.add_metadata("general.architecture", "llama")?;
     w.add_metadata("general.name", "edgelm quantization fixture")?;
@@ -91,6 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut rng = Lcg(0x5eed);
     let mut kind = 0;
+    let mut stats = std::collections::BTreeMap::new();
     for (name, dims) in shapes {
         let n_per_row = dims[0] as usize;
         let n_rows: u64 = dims[1..].iter().product();
@@ -107,7 +112,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         w.add_tensor(*name, dims, GgmlType::F32, data)?;
+        if dims.len() == 2 && *name != "token_embd.weight" {
+            let in_sum2: Vec<f32> = (0..n_per_row)
+                .map(|i| {
+                    if i % 37 == 5 {
+                        0.0
+                    } else {
+                        7.0 * 10f32.powf(4.0 * rng.uniform() - 2.0)
+                    }
+                })
+                .collect();
+            stats.insert(
+                name.to_string(),
+                edgelm_quant::imatrix::Stats {
+                    in_sum2,
+                    counts: vec![7.0],
+                },
+            );
+        }
     }
     w.write_file(&out)?;
+    if let Some(p) = imatrix_out {
+        edgelm_quant::imatrix::write_gguf(&stats, &["synthetic".to_owned()], 1, 512)?.write_file(p)?;
+    }
     Ok(())
 }

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod compare;
+pub mod imatrix;
 pub mod kquants;
 pub mod legacy;
 pub mod model;
@@ -214,6 +215,73 @@ pub fn quantize_rows(
     src.par_chunks(rows_per_task * n_per_row)
         .zip(dst.par_chunks_mut(rows_per_task * row_size))
         .try_for_each(|(s, d)| quantize_blocks(ty, s, d))
+}
+
+/// One row with an importance vector (`qw.len() == x.len()`): ggml's `quantize_row_*_impl`;
+/// types without an importance-weighted path (Q8_0, F32, F16, BF16) ignore `qw`, as in ggml.
+fn quantize_row_weighted(ty: GgmlType, x: &[f32], qw: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    fn cast<B: bytemuck::Pod>(dst: &mut [u8]) -> &mut [B] {
+        bytemuck::cast_slice_mut(dst)
+    }
+    match ty {
+        GgmlType::Q4_0 => weighted::quantize_row_q4_0(x, cast(dst), qw),
+        GgmlType::Q4_1 => weighted::quantize_row_q4_1(x, cast(dst), qw),
+        GgmlType::Q5_0 => weighted::quantize_row_q5_0(x, cast(dst), qw),
+        GgmlType::Q5_1 => weighted::quantize_row_q5_1(x, cast(dst), qw),
+        GgmlType::Q2_K => weighted::quantize_row_q2_k(x, cast(dst), qw),
+        GgmlType::Q3_K => weighted::quantize_row_q3_k(x, cast(dst), qw),
+        GgmlType::Q4_K => weighted::quantize_row_q4_k(x, cast(dst), qw),
+        GgmlType::Q5_K => weighted::quantize_row_q5_k(x, cast(dst), qw),
+        GgmlType::Q6_K => weighted::quantize_row_q6_k(x, cast(dst), qw),
+        other => return Err(QuantError::Unsupported(other)),
+    }
+    Ok(())
+}
+
+/// [`quantize_rows`] with an importance matrix: `importance` holds one vector of `n_per_row`
+/// values per group of `rows_per_group` consecutive rows (one group for a 2-D weight, one
+/// per expert for a 3-D one), as llama.cpp passes `imatrix + expert * n_per_row`.
+pub fn quantize_rows_weighted(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    dst: &mut [u8],
+    importance: &[f32],
+    rows_per_group: usize,
+) -> Result<(), QuantError> {
+    use GgmlType::*;
+    if !matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K) {
+        // No importance-weighted path (Q8_0, floats): ggml ignores the matrix.
+        return quantize_rows(ty, src, n_per_row, dst);
+    }
+    let row_size = row_bytes(ty, n_per_row)?;
+    let n_rows = src.len() / n_per_row;
+    if !src.len().is_multiple_of(n_per_row) || dst.len() != n_rows * row_size {
+        return Err(QuantError::BadLength {
+            what: "destination",
+            expected: n_rows * row_size,
+            got: dst.len(),
+            unit: "bytes",
+        });
+    }
+    let n_groups = n_rows.div_ceil(rows_per_group.max(1));
+    if importance.len() != n_groups * n_per_row {
+        return Err(QuantError::BadLength {
+            what: "importance matrix",
+            expected: n_groups * n_per_row,
+            got: importance.len(),
+            unit: "values",
+        });
+    }
+    check_finite(src, n_per_row)?;
+    check_finite(importance, n_per_row)?;
+    src.par_chunks(n_per_row)
+        .zip(dst.par_chunks_mut(row_size))
+        .enumerate()
+        .try_for_each(|(row, (x, d))| {
+            let g = row / rows_per_group.max(1);
+            quantize_row_weighted(ty, x, &importance[g * n_per_row..(g + 1) * n_per_row], d)
+        })
 }
 
 /// [`quantize_rows`] into a new buffer.

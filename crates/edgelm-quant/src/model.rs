@@ -9,6 +9,7 @@ use crate::recipe::{
     is_quantized, llama_tensor_order, FileType, ModelInfo, Planner, RecipeError, RecipeOptions,
     TensorDesc,
 };
+use crate::imatrix::{Imatrix, ImatrixError};
 use crate::QuantError;
 
 /// Errors of [`quantize_model`].
@@ -43,6 +44,9 @@ pub enum ModelError {
         /// Why.
         source: edgelm_kernels::KernelError,
     },
+    /// The importance matrix does not fit a tensor.
+    #[error(transparent)]
+    Imatrix(#[from] ImatrixError),
     /// Quantizing a tensor failed (non-finite weights, unsupported type).
     #[error("cannot quantize tensor {name} to {ty}: {source}")]
     Quantize {
@@ -64,6 +68,8 @@ pub struct QuantizeOptions {
     pub recipe: RecipeOptions,
     /// Convert already-quantized tensors to another quantized type.
     pub allow_requantize: bool,
+    /// Importance matrix and the path to record in the metadata (`quantize.imatrix.file`).
+    pub imatrix: Option<(Imatrix, String)>,
 }
 
 /// One planned tensor.
@@ -218,6 +224,15 @@ pub fn quantize_model<'a>(
     }
     w.add_metadata("general.quantization_version", Value::U32(2))?;
     w.add_metadata("general.file_type", Value::U32(opts.file_type.id()))?;
+    if let Some((im, path)) = &opts.imatrix {
+        // llama-quantize records these as key/value overrides.
+        w.set_metadata("quantize.imatrix.file", truncate_127(path))?;
+        if let Some(d) = im.datasets.first() {
+            w.set_metadata("quantize.imatrix.dataset", truncate_127(d))?;
+        }
+        w.set_metadata("quantize.imatrix.entries_count", Value::U32(im.entries.len() as u32))?;
+        w.set_metadata("quantize.imatrix.chunks_count", Value::U32(im.chunk_count))?;
+    }
 
     let mut summary = Summary::default();
     for p in &planned {
@@ -243,13 +258,40 @@ pub fn quantize_model<'a>(
                     Ok(v) if t.ty == GgmlType::F32 => std::borrow::Cow::Borrowed(v),
                     _ => std::borrow::Cow::Owned(tensor_to_f32(file, t)?),
                 };
-            let data = crate::quantize(p.to, &f32s, t.row_len()).map_err(|source| {
-                ModelError::Quantize {
-                    name: t.name.clone(),
-                    ty: p.to,
-                    source,
+            let n_per_row = t.row_len();
+            let n_expert = t.dims.get(2).copied().unwrap_or(1) as usize;
+            let importance = match &opts.imatrix {
+                Some((im, _)) => match im.for_tensor(&t.name, n_per_row, n_expert) {
+                    Ok(v) => v,
+                    // llama.cpp tolerates a token embedding without a fitting entry.
+                    Err(_) if t.name == "token_embd.weight" => None,
+                    Err(e) => return Err(e.into()),
+                },
+                None => None,
+            };
+            let quant_err = |source| ModelError::Quantize {
+                name: t.name.clone(),
+                ty: p.to,
+                source,
+            };
+            let data = match importance {
+                Some(qw) => {
+                    let rows_per_expert = t.dims.get(1).copied().unwrap_or(1) as usize;
+                    let row_size = crate::row_bytes(p.to, n_per_row).map_err(quant_err)?;
+                    let mut out = vec![0u8; t.n_rows() * row_size];
+                    crate::quantize_rows_weighted(
+                        p.to,
+                        &f32s,
+                        n_per_row,
+                        &mut out,
+                        qw,
+                        rows_per_expert,
+                    )
+                    .map_err(quant_err)?;
+                    out
                 }
-            })?;
+                None => crate::quantize(p.to, &f32s, n_per_row).map_err(quant_err)?,
+            };
             summary.size_out += data.len() as u64;
             summary.n_converted += 1;
             w.add_tensor(t.name.clone(), &t.dims, p.to, data)?;
@@ -257,4 +299,13 @@ pub fn quantize_model<'a>(
         progress(p);
     }
     Ok((w, summary))
+}
+
+/// llama.cpp copies override strings into 128-byte buffers.
+fn truncate_127(s: &str) -> String {
+    let mut end = s.len().min(127);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }

@@ -56,6 +56,10 @@ pub struct QuantizeArgs {
     /// Allow converting already-quantized tensors to another quantized type (lossy twice).
     #[arg(long)]
     pub allow_requantize: bool,
+    /// Importance matrix (llama-imatrix's GGUF or legacy .dat format, or `edgelm imatrix`'s):
+    /// weights the rounding of Q4_0..Q5_1 and the K-quants by input-column importance.
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
     /// Pre-tokenizer name for a Hugging Face input (default: found by llama.cpp's probe hash).
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
@@ -116,6 +120,14 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     } else {
         super::open_gguf(Some(&args.input))?.1
     };
+    let imatrix = match &args.imatrix {
+        Some(p) => Some((
+            edgelm_quant::imatrix::Imatrix::load(p)
+                .with_context(|| format!("cannot load the importance matrix {}", p.display()))?,
+            p.display().to_string(),
+        )),
+        None => None,
+    };
     let opts = QuantizeOptions {
         file_type: args.file_type,
         recipe: RecipeOptions {
@@ -124,9 +136,10 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             token_embedding_type: args.token_embedding_type,
             pure: args.pure,
             leave_output_tensor: args.leave_output_tensor,
-            has_imatrix: false,
+            has_imatrix: imatrix.is_some(),
         },
         allow_requantize: args.allow_requantize,
+        imatrix,
     };
     let interactive = !args.global.quiet && !args.global.json;
     let total: u64 = file.tensors().iter().map(|t| t.n_elements()).sum();
