@@ -42,6 +42,8 @@ enum Command {
     Quantize(cmd::quantize::QuantizeArgs),
     /// Compare a model with its base on a text: both perplexities, KL divergence, top-1 agreement.
     Eval(cmd::eval::EvalArgs),
+    /// Compute an importance matrix from calibration text, as llama-imatrix does.
+    Imatrix(cmd::imatrix::ImatrixArgs),
 }
 
 impl Command {
@@ -56,6 +58,7 @@ impl Command {
             Command::Bench(a) => &a.global,
             Command::Quantize(a) => &a.global,
             Command::Eval(a) => &a.global,
+            Command::Imatrix(a) => &a.global,
         }
     }
 }
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Imatrix(a) => cmd::imatrix::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

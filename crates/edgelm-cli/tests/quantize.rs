@@ -447,3 +447,172 @@ fn eval_real_model() {
         "Q8_0 should agree more than Q2_K: {kld:?}"
     );
 }
+
+#[test]
+fn bad_importance_matrices_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture("source-f32.gguf");
+    let out = tmp.path().join("out.gguf");
+    let junk = tmp.path().join("junk.dat");
+    std::fs::write(&junk, b"\x05\x00\x00\x00abc").unwrap();
+    // Wrong shape: the fixture's matrix has 512 values for blk.0.attn_q; give it 3.
+    let mut stats = std::collections::BTreeMap::new();
+    stats.insert(
+        "blk.0.attn_q.weight".to_owned(),
+        edgelm_quant::imatrix::Stats {
+            in_sum2: vec![1.0; 3],
+            counts: vec![1.0],
+        },
+    );
+    let wrong = tmp.path().join("wrong.gguf");
+    edgelm_quant::imatrix::write_gguf(&stats, &[], 1, 512)
+        .unwrap()
+        .write_file(&wrong)
+        .unwrap();
+    stats.insert(
+        "blk.0.attn_q.weight".to_owned(),
+        edgelm_quant::imatrix::Stats {
+            in_sum2: vec![f32::NAN; 512],
+            counts: vec![1.0],
+        },
+    );
+    let nan = tmp.path().join("nan.gguf");
+    edgelm_quant::imatrix::write_gguf(&stats, &[], 1, 512)
+        .unwrap()
+        .write_file(&nan)
+        .unwrap();
+    for (m, needle) in [
+        (junk, "legacy imatrix"),
+        (wrong, "imatrix size 3 is different from tensor size 512"),
+        (nan, "non-finite"),
+        (
+            tmp.path().join("missing.gguf"),
+            "cannot load the importance matrix",
+        ),
+    ] {
+        let o = run(&[
+            "quantize",
+            s(&src),
+            s(&out),
+            "--type",
+            "Q4_K_M",
+            "--imatrix",
+            s(&m),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{needle}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(needle),
+            "wanted '{needle}': {}",
+            stderr(&o)
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// `edgelm imatrix` on the real model equals llama-imatrix's file byte for byte (same
+/// activations, same f32 sums), and quantizing with it equals llama-quantize --imatrix.
+#[test]
+fn imatrix_real_model_matches_llama_cpp() {
+    let (Some(model), Some(text)) = (real_model(), wikitext()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = tmp.path().join("ours.imatrix.gguf");
+    let o = run(&[
+        "imatrix",
+        "-m",
+        s(&model),
+        "-f",
+        s(&text),
+        "-c",
+        "128",
+        "--chunks",
+        "2",
+        "-o",
+        s(&ours),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(j["n_entries"], 30 * 7);
+    assert_eq!(j["n_chunks"], 2);
+    let im = edgelm_quant::imatrix::Imatrix::load(&ours).unwrap();
+    assert_eq!(im.entries["blk.0.ffn_down.weight"].len(), 1536);
+    assert!(im
+        .entries
+        .values()
+        .flatten()
+        .all(|v| v.is_finite() && *v >= 0.0));
+    if let Some(li) = llama_bin("llama-imatrix") {
+        let reference = tmp.path().join("llama.imatrix.gguf");
+        let st = Command::new(li)
+            .args([
+                "-m",
+                s(&model),
+                "-f",
+                s(&text),
+                "-c",
+                "128",
+                "--chunks",
+                "2",
+                "-o",
+                s(&reference),
+                "-t",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "llama-imatrix failed");
+        assert!(
+            std::fs::read(&ours).unwrap() == std::fs::read(&reference).unwrap(),
+            "imatrix files differ"
+        );
+    }
+    // Quantize the F32 dump with it.
+    let f32_path = tmp.path().join("f32.gguf");
+    let o = run(&["quantize", s(&model), s(&f32_path), "--type", "F32", "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let q = tmp.path().join("q4km.gguf");
+    let o = run(&[
+        "quantize",
+        s(&f32_path),
+        s(&q),
+        "--type",
+        "Q4_K_M",
+        "--imatrix",
+        s(&ours),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&[
+        "run",
+        "-m",
+        s(&q),
+        "-p",
+        "The capital of France is",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    if let Some(lq) = llama_bin("llama-quantize") {
+        let reference = tmp.path().join("q4km-llama.gguf");
+        let st = Command::new(lq)
+            .args([
+                "--imatrix",
+                s(&ours),
+                s(&f32_path),
+                s(&reference),
+                "Q4_K_M",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "llama-quantize --imatrix failed");
+        assert!(
+            std::fs::read(&q).unwrap() == std::fs::read(&reference).unwrap(),
+            "Q4_K_M with imatrix differs"
+        );
+    }
+}

@@ -133,7 +133,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     w.write_file(&out)?;
     if let Some(p) = imatrix_out {
-        edgelm_quant::imatrix::write_gguf(&stats, &["synthetic".to_owned()], 1, 512)?.write_file(p)?;
+        edgelm_quant::imatrix::write_gguf(&stats, &["synthetic".to_owned()], 1, 512)?
+            .write_file(p)?;
     }
     Ok(())
 }

@@ -71,11 +71,18 @@ impl Imatrix {
             None => Vec::new(),
         };
         if md.get("imatrix.chunk_count").is_none() || md.get("imatrix.chunk_size").is_none() {
-            return Err(bad("missing imatrix.chunk_count / imatrix.chunk_size metadata".into()));
+            return Err(bad(
+                "missing imatrix.chunk_count / imatrix.chunk_size metadata".into(),
+            ));
         }
         let chunk_count = md.get_u32("imatrix.chunk_count")?;
-        let mut pairs: BTreeMap<String, (Option<&edgelm_gguf::TensorInfo>, Option<&edgelm_gguf::TensorInfo>)> =
-            BTreeMap::new();
+        let mut pairs: BTreeMap<
+            String,
+            (
+                Option<&edgelm_gguf::TensorInfo>,
+                Option<&edgelm_gguf::TensorInfo>,
+            ),
+        > = BTreeMap::new();
         for t in f.tensors() {
             if let Some(n) = t.name.strip_suffix(".in_sum2") {
                 pairs.entry(n.to_owned()).or_default().0 = Some(t);
@@ -173,7 +180,9 @@ impl Imatrix {
             if pos + 4 <= bytes.len() {
                 let len = i32_at(&mut pos)?;
                 if len > 0 && len as usize <= bytes.len() - pos {
-                    datasets.push(String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned());
+                    datasets.push(
+                        String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned(),
+                    );
                 }
             }
         }
@@ -186,7 +195,12 @@ impl Imatrix {
 
     /// The importance vector for a weight, checked against its shape (`n_per_row` values per
     /// expert). `Ok(None)` when the matrix has no entry for it.
-    pub fn for_tensor(&self, name: &str, n_per_row: usize, n_expert: usize) -> Result<Option<&[f32]>, ImatrixError> {
+    pub fn for_tensor(
+        &self,
+        name: &str,
+        n_per_row: usize,
+        n_expert: usize,
+    ) -> Result<Option<&[f32]>, ImatrixError> {
         match self.entries.get(name) {
             None => Ok(None),
             Some(v) if v.len() == n_per_row * n_expert.max(1) => Ok(Some(v)),
@@ -224,8 +238,20 @@ pub fn write_gguf(
         let n_mat = s.counts.len().max(1);
         let ne0 = s.in_sum2.len() / n_mat;
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        w.add_tensor(format!("{name}.in_sum2"), &[ne0 as u64, n_mat as u64], GgmlType::F32, bytes(&s.in_sum2))?;
-        w.add_tensor(format!("{name}.counts"), &[1, n_mat as u64], GgmlType::F32, bytes(&s.counts))?;
+        // Dims as gguf writes them (`ggml_n_dims`: trailing 1s dropped).
+        let dims = |d: [u64; 2]| if d[1] == 1 { vec![d[0]] } else { d.to_vec() };
+        w.add_tensor(
+            format!("{name}.in_sum2"),
+            &dims([ne0 as u64, n_mat as u64]),
+            GgmlType::F32,
+            bytes(&s.in_sum2),
+        )?;
+        w.add_tensor(
+            format!("{name}.counts"),
+            &dims([1, n_mat as u64]),
+            GgmlType::F32,
+            bytes(&s.counts),
+        )?;
     }
     Ok(w)
 }
@@ -239,9 +265,18 @@ mod tests {
         let mut stats = BTreeMap::new();
         stats.insert(
             "blk.0.ffn_up.weight".to_owned(),
-            Stats { in_sum2: vec![2.0, 4.0, 6.0, 8.0], counts: vec![2.0] },
+            Stats {
+                in_sum2: vec![2.0, 4.0, 6.0, 8.0],
+                counts: vec![2.0],
+            },
         );
-        stats.insert("zero".to_owned(), Stats { in_sum2: vec![5.0, 5.0], counts: vec![0.0] });
+        stats.insert(
+            "zero".to_owned(),
+            Stats {
+                in_sum2: vec![5.0, 5.0],
+                counts: vec![0.0],
+            },
+        );
         let w = write_gguf(&stats, &["calib.txt".into()], 3, 512).unwrap();
         let m = Imatrix::from_bytes(w.to_bytes()).unwrap();
         assert_eq!(m.entries["blk.0.ffn_up.weight"], vec![1.0, 2.0, 3.0, 4.0]);
@@ -268,7 +303,10 @@ mod tests {
         b.extend_from_slice(b"wiki");
         let m = Imatrix::from_bytes(b.clone()).unwrap();
         assert_eq!(m.entries["abc"], vec![2.0, 3.0]);
-        assert_eq!((m.chunk_count, m.datasets.clone()), (10, vec!["wiki".to_owned()]));
+        assert_eq!(
+            (m.chunk_count, m.datasets.clone()),
+            (10, vec!["wiki".to_owned()])
+        );
         // Truncations and hostile lengths are errors, never panics.
         for cut in 0..b.len() - 8 {
             let _ = Imatrix::from_bytes(b[..cut].to_vec());
@@ -278,7 +316,9 @@ mod tests {
         assert!(Imatrix::from_bytes(h).is_err());
         let mut nan = b.clone();
         nan[23..27].copy_from_slice(&f32::NAN.to_le_bytes());
-        assert!(matches!(Imatrix::from_bytes(nan), Err(ImatrixError::Invalid(m)) if m.contains("non-finite")));
+        assert!(
+            matches!(Imatrix::from_bytes(nan), Err(ImatrixError::Invalid(m)) if m.contains("non-finite"))
+        );
         assert!(Imatrix::from_bytes(b"junk".to_vec()).is_err());
     }
 }

@@ -219,7 +219,12 @@ pub fn quantize_rows(
 
 /// One row with an importance vector (`qw.len() == x.len()`): ggml's `quantize_row_*_impl`;
 /// types without an importance-weighted path (Q8_0, F32, F16, BF16) ignore `qw`, as in ggml.
-fn quantize_row_weighted(ty: GgmlType, x: &[f32], qw: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+fn quantize_row_weighted(
+    ty: GgmlType,
+    x: &[f32],
+    qw: &[f32],
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
     fn cast<B: bytemuck::Pod>(dst: &mut [u8]) -> &mut [B] {
         bytemuck::cast_slice_mut(dst)
     }
@@ -250,7 +255,10 @@ pub fn quantize_rows_weighted(
     rows_per_group: usize,
 ) -> Result<(), QuantError> {
     use GgmlType::*;
-    if !matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K) {
+    if !matches!(
+        ty,
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
+    ) {
         // No importance-weighted path (Q8_0, floats): ggml ignores the matrix.
         return quantize_rows(ty, src, n_per_row, dst);
     }

@@ -5,11 +5,11 @@
 use edgelm_gguf::{GgmlType, GgufError, GgufFile, GgufWriter, TensorInfo, Value};
 use rayon::prelude::*;
 
+use crate::imatrix::{Imatrix, ImatrixError};
 use crate::recipe::{
     is_quantized, llama_tensor_order, FileType, ModelInfo, Planner, RecipeError, RecipeOptions,
     TensorDesc,
 };
-use crate::imatrix::{Imatrix, ImatrixError};
 use crate::QuantError;
 
 /// Errors of [`quantize_model`].
@@ -230,7 +230,10 @@ pub fn quantize_model<'a>(
         if let Some(d) = im.datasets.first() {
             w.set_metadata("quantize.imatrix.dataset", truncate_127(d))?;
         }
-        w.set_metadata("quantize.imatrix.entries_count", Value::U32(im.entries.len() as u32))?;
+        w.set_metadata(
+            "quantize.imatrix.entries_count",
+            Value::U32(im.entries.len() as u32),
+        )?;
         w.set_metadata("quantize.imatrix.chunks_count", Value::U32(im.chunk_count))?;
     }
 

@@ -299,8 +299,15 @@ pub fn quantize_row_q2_k(x: &[f32], y: &mut [BlockQ2K], qw: &[f32]) {
             for k in 0..16 {
                 sw[j] += weight[k];
             }
-            (scales[j], mins[j]) =
-                make_qkx3_quants(&x[16 * j..16 * j + 16], &weight, 3, &mut l[16 * j..16 * j + 16], -0.9, 0.05, 36);
+            (scales[j], mins[j]) = make_qkx3_quants(
+                &x[16 * j..16 * j + 16],
+                &weight,
+                3,
+                &mut l[16 * j..16 * j + 16],
+                -0.9,
+                0.05,
+                36,
+            );
         }
         let dm = make_qp_quants(&scales, 15, &mut ls, &sw);
         let mm = make_qp_quants(&mins, 15, &mut lm, &sw);
@@ -344,7 +351,12 @@ pub fn quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3K], qw: &[f32]) {
                 sumw += weight[k];
             }
             sw[j] = sumw;
-            scales[j] = make_qx_quants(&x[16 * j..16 * j + 16], 4, &mut l[16 * j..16 * j + 16], Some(&weight));
+            scales[j] = make_qx_quants(
+                &x[16 * j..16 * j + 16],
+                4,
+                &mut l[16 * j..16 * j + 16],
+                Some(&weight),
+            );
         }
         b.scales = [0; 12];
         let d_block = make_qx_quants(&scales, 32, &mut ls, Some(&sw));
@@ -388,8 +400,15 @@ fn quantize_k4_weighted(
             sumw += weights[k];
         }
         sw[j] = sumw;
-        (scales[j], mins[j]) =
-            make_qkx3_quants(&x[32 * j..32 * j + 32], &weights, nmax, &mut l[32 * j..32 * j + 32], -0.9, 0.05, 36);
+        (scales[j], mins[j]) = make_qkx3_quants(
+            &x[32 * j..32 * j + 32],
+            &weights,
+            nmax,
+            &mut l[32 * j..32 * j + 32],
+            -0.9,
+            0.05,
+            36,
+        );
     }
     let d_block = make_qp_quants(&scales, 63, &mut ls, &sw);
     let m_block = make_qp_quants(&mins, 63, &mut lm, &sw);
@@ -420,8 +439,14 @@ pub fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K], qw: &[f32]) {
     let mut l = [0u8; QK_K];
     for (i, b) in y.iter_mut().enumerate() {
         let xs = &x[QK_K * i..QK_K * (i + 1)];
-        (b.d, b.dmin) =
-            quantize_k4_weighted(xs, &qw[QK_K * i..QK_K * (i + 1)], 15, false, &mut b.scales, &mut l);
+        (b.d, b.dmin) = quantize_k4_weighted(
+            xs,
+            &qw[QK_K * i..QK_K * (i + 1)],
+            15,
+            false,
+            &mut b.scales,
+            &mut l,
+        );
         crate::kquants::pack_q4k(&l, &mut b.qs);
     }
 }
@@ -431,8 +456,14 @@ pub fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5K], qw: &[f32]) {
     let mut l = [0u8; QK_K];
     for (i, b) in y.iter_mut().enumerate() {
         let xs = &x[QK_K * i..QK_K * (i + 1)];
-        (b.d, b.dmin) =
-            quantize_k4_weighted(xs, &qw[QK_K * i..QK_K * (i + 1)], 31, true, &mut b.scales, &mut l);
+        (b.d, b.dmin) = quantize_k4_weighted(
+            xs,
+            &qw[QK_K * i..QK_K * (i + 1)],
+            31,
+            true,
+            &mut b.scales,
+            &mut l,
+        );
         crate::kquants::pack_q5k(&l, b);
     }
 }

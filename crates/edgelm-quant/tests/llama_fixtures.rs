@@ -78,7 +78,9 @@ fn importance_weighted_quantization_is_byte_identical_with_llama_quantize() {
     let source = GgufFile::open(data_dir().join("source-f32.gguf")).unwrap();
     let imatrix = edgelm_quant::imatrix::Imatrix::load(&data_dir().join("imatrix.gguf")).unwrap();
     let mut failures = Vec::new();
-    for name in ["Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_S", "Q5_K_S", "Q6_K"] {
+    for name in [
+        "Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_S", "Q5_K_S", "Q6_K",
+    ] {
         let ft = FileType::from_name(name).unwrap();
         let opts = QuantizeOptions {
             file_type: ft,
@@ -88,7 +90,10 @@ fn importance_weighted_quantization_is_byte_identical_with_llama_quantize() {
             },
             allow_requantize: false,
             // The path llama-quantize was given (scripts/gen_quant_fixtures.sh), which it records.
-            imatrix: Some((imatrix.clone(), "crates/edgelm-quant/tests/data/imatrix.gguf".into())),
+            imatrix: Some((
+                imatrix.clone(),
+                "crates/edgelm-quant/tests/data/imatrix.gguf".into(),
+            )),
         };
         let (w, _) = quantize_model(&source, &opts, |_| {}).unwrap();
         let ours = w.to_bytes();

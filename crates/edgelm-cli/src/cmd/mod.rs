@@ -4,6 +4,7 @@ pub mod bench;
 pub mod chat;
 pub mod eval;
 pub mod fetch;
+pub mod imatrix;
 pub mod info;
 pub mod perplexity;
 pub mod quantize;
