@@ -161,8 +161,8 @@ fn hparams(cfg: &Json) -> Result<Hparams> {
     };
     if h.n_head == 0
         || h.n_head_kv == 0
-        || h.n_embd % h.n_head != 0
-        || h.n_head % h.n_head_kv != 0
+        || !h.n_embd.is_multiple_of(h.n_head)
+        || !h.n_head.is_multiple_of(h.n_head_kv)
         || h.n_layer == 0
         || h.n_layer > 4096
         || h.n_vocab == 0
@@ -210,7 +210,7 @@ fn map_name(name: &str, h: &Hparams) -> Option<(String, Option<u64>)> {
 
 /// `LlamaModel.permute`: rows grouped per head as (2, half) become (half, 2).
 fn permute_rows(data: &[u8], n_rows: usize, n_head: usize) -> Result<Vec<u8>> {
-    if n_head == 0 || n_rows % (2 * n_head) != 0 {
+    if n_head == 0 || !n_rows.is_multiple_of(2 * n_head) {
         bail!("{n_rows} rows cannot be split into {n_head} heads of rotary pairs");
     }
     let row_bytes = data.len() / n_rows;

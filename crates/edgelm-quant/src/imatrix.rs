@@ -288,6 +288,40 @@ mod tests {
         assert!(m.for_tensor("other", 4, 1).unwrap().is_none());
     }
 
+    /// Deterministic byte mutations of valid files in both formats: errors or values, never a
+    /// panic.
+    #[test]
+    fn mutated_files_never_panic() {
+        let mut stats = BTreeMap::new();
+        stats.insert(
+            "a.weight".to_owned(),
+            Stats {
+                in_sum2: vec![1.0; 8],
+                counts: vec![3.0],
+            },
+        );
+        let gguf = write_gguf(&stats, &["d".into()], 2, 64).unwrap().to_bytes();
+        let mut legacy = Vec::new();
+        legacy.extend_from_slice(&1i32.to_le_bytes());
+        legacy.extend_from_slice(&1i32.to_le_bytes());
+        legacy.extend_from_slice(b"a");
+        legacy.extend_from_slice(&1i32.to_le_bytes());
+        legacy.extend_from_slice(&2i32.to_le_bytes());
+        legacy.extend_from_slice(&[0u8; 8]);
+        let mut seed = 12345u64;
+        for base in [gguf, legacy] {
+            for _ in 0..2000 {
+                let mut b = base.clone();
+                for _ in 0..3 {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    let i = (seed >> 33) as usize % b.len();
+                    b[i] = (seed >> 20) as u8;
+                }
+                let _ = Imatrix::from_bytes(b);
+            }
+        }
+    }
+
     #[test]
     fn legacy_format() {
         let mut b = Vec::new();

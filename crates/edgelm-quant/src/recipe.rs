@@ -184,11 +184,7 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     fn n_gqa(&self) -> usize {
-        if self.n_head_kv == 0 {
-            0
-        } else {
-            self.n_head / self.n_head_kv
-        }
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
     }
 
     fn is_falcon(&self) -> bool {
