@@ -248,7 +248,7 @@ fn cli_output_matches_the_llama_quantize_fixture_and_reports_json() {
     }
 }
 
-/// The real model: dump to F32 (exact), quantize to a few types, generate with each; with
+/// The real model: dump to F32 (exact), quantize to every file type, generate with each; with
 /// llama.cpp's tools, compare the files with llama-quantize's and generate with llama.cpp.
 #[test]
 fn real_model_round_trip_and_llama_cpp_parity() {
@@ -279,7 +279,12 @@ fn real_model_round_trip_and_llama_cpp_parity() {
     drop(dump);
     let quantize = llama_bin("llama-quantize");
     let completion = llama_bin("llama-completion");
-    for ty in ["Q4_K_M", "Q2_K", "Q8_0"] {
+    // Every file type: generates in edgelm; with llama.cpp's tools, equals llama-quantize's
+    // file and generates in llama.cpp too.
+    for ty in [
+        "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_S", "Q5_K_M", "Q5_0", "Q5_1", "Q4_K_S", "Q4_K_M",
+        "Q4_0", "Q4_1", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q2_K",
+    ] {
         let out = tmp.path().join(format!("{ty}.gguf"));
         let o = run(&["quantize", s(&f32_path), s(&out), "--type", ty, "-q"]);
         assert_eq!(o.status.code(), Some(0), "{ty}: {}", stderr(&o));
