@@ -158,12 +158,14 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         .build()
         .context("cannot start worker threads")?;
     let mut types: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut fallbacks: BTreeMap<(&'static str, &'static str), usize> = BTreeMap::new();
     let result = pool.install(|| {
         quantize_model(&file, &opts, |p| {
             *types.entry(p.to.name()).or_default() += 1;
             if let Some(from) = p.fallback_from {
+                *fallbacks.entry((from.name(), p.to.name())).or_default() += 1;
                 bar.suspend(|| {
-                    tracing::warn!(
+                    tracing::info!(
                         "{}: rows not divisible by the {} block size {}; falling back to {}",
                         p.name,
                         from,
@@ -192,10 +194,16 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         );
     }
     if summary.n_fallback > 0 && interactive {
+        let list: Vec<String> = fallbacks
+            .iter()
+            .map(|((from, to), n)| format!("{from} -> {to}: {n}"))
+            .collect();
         eprintln!(
-            "warning: {} of {} tensors required fallback quantization",
+            "warning: {} of {} tensors required fallback quantization (rows not a multiple of \
+             the block size; {}; -v lists them)",
             summary.n_fallback,
-            file.tensors().len()
+            file.tensors().len(),
+            list.join(", ")
         );
     }
     let file_bytes = write_atomically(&writer, &args.output)?;
