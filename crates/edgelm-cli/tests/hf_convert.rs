@@ -285,6 +285,32 @@ fn hf_directory_round_trips_the_real_model() {
         o.stdout
     };
     assert_eq!(gen(&out), gen(&expected));
+    // And the same logits: identical perplexity over a text (every scored position's
+    // log-softmax enters it).
+    let text = tmp.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let ppl = |m: &Path| {
+        let o = run(&[
+            "perplexity",
+            "-m",
+            s(m),
+            "-f",
+            s(&text),
+            "-c",
+            "64",
+            "--chunks",
+            "2",
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        j["ppl"].as_f64().unwrap()
+    };
+    assert_eq!(ppl(&out).to_bits(), ppl(&expected).to_bits());
     // And straight to a quantized type.
     let q = tmp.path().join("q8.gguf");
     let o = run(&["quantize", s(&dir), s(&q), "--type", "Q8_0", "-q"]);
