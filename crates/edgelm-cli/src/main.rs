@@ -6,6 +6,7 @@
 
 mod cmd;
 mod fetch;
+mod hf;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,12 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Fine-tune a model's weights on a text file (f32, on the CPU), with checkpoints.
     Finetune(cmd::finetune::FinetuneArgs),
+    /// Convert a model's weights to another type, as llama-quantize does.
+    Quantize(cmd::quantize::QuantizeArgs),
+    /// Compare a model with its base on a text: both perplexities, KL divergence, top-1 agreement.
+    Eval(cmd::eval::EvalArgs),
+    /// Compute an importance matrix from calibration text, as llama-imatrix does.
+    Imatrix(cmd::imatrix::ImatrixArgs),
 }
 
 impl Command {
@@ -55,6 +62,9 @@ impl Command {
             Command::Bench(a) => &a.global,
             Command::Serve(a) => &a.global,
             Command::Finetune(a) => &a.global,
+            Command::Quantize(a) => &a.global,
+            Command::Eval(a) => &a.global,
+            Command::Imatrix(a) => &a.global,
         }
     }
 }
@@ -80,6 +90,9 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Finetune(a) => cmd::finetune::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Imatrix(a) => cmd::imatrix::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

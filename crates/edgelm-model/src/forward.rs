@@ -237,8 +237,15 @@ fn forward_batch(
         cache_type,
         s,
         logits,
+        observer,
         ..
     } = state;
+    // Inputs of the matrix products, for an installed observer (importance matrices).
+    let mut observe = |name: &str, x: &[f32], n_in: usize| {
+        if let Some(o) = observer.as_mut() {
+            o.observe(name, x, n_in);
+        }
+    };
     let cache_type = *cache_type;
     // Bytes of one cached Q8_0 row of D values, and of one layer of the Q8_0 cache.
     let q8_row = CacheType::Q8_0.bytes_for(cfg.head_dim);
@@ -270,6 +277,9 @@ fn forward_batch(
         }
         // 2b. Q, K, V
         let xn = &s.xn[..t_n * c];
+        for m in [&l.wq, &l.wk, &l.wv] {
+            observe(&m.name, xn, c);
+        }
         shared_input_matmuls(
             pool,
             file,
@@ -423,6 +433,7 @@ fn forward_batch(
             });
         }
         // 2e. output projection and residual
+        observe(&l.wo.name, &s.attn[..t_n * qd], qd);
         let act = kern::quantize(
             pool,
             l.wo.act_ty,
@@ -441,6 +452,8 @@ fn forward_batch(
             ops::rmsnorm_forward(&mut s.xn[r.clone()], &s.x[r], &l.ffn_norm, cfg.rms_eps);
         }
         let xn = &s.xn[..t_n * c];
+        observe(&l.w_gate.name, xn, c);
+        observe(&l.w_up.name, xn, c);
         shared_input_matmuls(
             pool,
             file,
@@ -455,6 +468,7 @@ fn forward_batch(
             let r = t * cfg.n_ff..(t + 1) * cfg.n_ff;
             k_tab.swiglu(h, &gate[r.clone()], &up[r]);
         });
+        observe(&l.w_down.name, &s.hidden[..ff], cfg.n_ff);
         let act = kern::quantize(
             pool,
             l.w_down.act_ty,

@@ -124,6 +124,18 @@ pub struct State {
     pub(crate) v_q8: Vec<u8>,
     pub(crate) s: forward::Scratch,
     pub(crate) logits: Vec<f32>,
+    /// Sees the input of every matrix product (importance-matrix collection); `None` in
+    /// normal use, when the forward pass does no extra work.
+    pub(crate) observer: Option<Box<dyn ActivationObserver>>,
+}
+
+/// Receives the input rows of each weight matrix during a forward pass, before they are
+/// quantized for the matrix product: what llama-imatrix collects. `x` holds `x.len() / n_in`
+/// token rows of `n_in` values; `weight` is the GGUF tensor name. Called once per matrix per
+/// batch (Q, K and V each get the same rows, as in llama.cpp's graph).
+pub trait ActivationObserver: Send {
+    /// One batch of inputs to `weight`.
+    fn observe(&mut self, weight: &str, x: &[f32], n_in: usize);
 }
 
 impl std::fmt::Debug for State {
@@ -137,6 +149,14 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
+    /// Installs (or removes) the observer of matrix-product inputs; returns the previous one.
+    pub fn set_observer(
+        &mut self,
+        observer: Option<Box<dyn ActivationObserver>>,
+    ) -> Option<Box<dyn ActivationObserver>> {
+        std::mem::replace(&mut self.observer, observer)
+    }
+
     /// Number of positions filled (the next token goes here).
     pub fn pos(&self) -> usize {
         self.pos
@@ -270,6 +290,7 @@ impl Model {
             v_q8: vec![0u8; q8_len],
             s,
             logits: vec![0.0; cfg.n_vocab],
+            observer: None,
         })
     }
 

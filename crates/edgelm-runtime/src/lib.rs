@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod generate;
 mod llm;
+mod kld;
 pub mod mem;
 mod perplexity;
 mod sampler;
@@ -26,6 +27,7 @@ pub use generate::{
 pub use llm::{
     default_model_path, default_models_dir, Chat, ChatOptions, Llm, LoadOptions, DEFAULT_MODEL_FILE,
 };
+pub use kld::{kl_divergence, kl_divergence_with, KldProgress, KldResult, MeanUnc};
 pub use perplexity::{
     perplexity, perplexity_with, token_nll, ChunkProgress, PerplexityOptions, PerplexityResult,
 };

@@ -2,10 +2,13 @@
 
 pub mod bench;
 pub mod chat;
+pub mod eval;
 pub mod fetch;
 pub mod finetune;
+pub mod imatrix;
 pub mod info;
 pub mod perplexity;
+pub mod quantize;
 pub mod run;
 pub mod serve;
 pub mod tokenize;
