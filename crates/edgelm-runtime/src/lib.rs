@@ -11,8 +11,8 @@
 mod engine;
 mod error;
 mod generate;
-mod llm;
 mod kld;
+mod llm;
 pub mod mem;
 mod perplexity;
 mod sampler;
@@ -24,10 +24,10 @@ pub use error::RuntimeError;
 pub use generate::{
     ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, GenerationResult, Timings,
 };
+pub use kld::{kl_divergence, kl_divergence_with, KldProgress, KldResult, MeanUnc};
 pub use llm::{
     default_model_path, default_models_dir, Chat, ChatOptions, Llm, LoadOptions, DEFAULT_MODEL_FILE,
 };
-pub use kld::{kl_divergence, kl_divergence_with, KldProgress, KldResult, MeanUnc};
 pub use perplexity::{
     perplexity, perplexity_with, token_nll, ChunkProgress, PerplexityOptions, PerplexityResult,
 };
