@@ -898,7 +898,21 @@ macro_rules! i8w_4x4_body {
                 let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
                 macro_rules! lane {
                     ($r:literal, $imm:literal) => {
-                        let d = _mm256_shuffle_ps::<$imm>(dj, dj);
+                        // One in-lane permute (both halves of `dj` hold the four products);
+                        // written as asm because LLVM otherwise lowers the lane broadcast as an
+                        // extract plus a broadcast, two shuffles per (row, token).
+                        let d: __m256;
+                        // SAFETY: a register-only AVX instruction; the enclosing function is
+                        // compiled for (and only called on) CPUs with AVX2.
+                        unsafe {
+                            std::arch::asm!(
+                                "vpermilps {d}, {s}, {imm}",
+                                d = lateout(ymm_reg) d,
+                                s = in(ymm_reg) dj,
+                                imm = const $imm,
+                                options(pure, nomem, nostack, preserves_flags)
+                            );
+                        }
                         let sy = _mm256_sign_epi8(qy, qx[$r]);
                         let sum = mul_sum_us8_pairs_float_vnni(ax[$r], sy);
                         acc[$r][j] = _mm256_fmadd_ps(d, sum, acc[$r][j]);
