@@ -12,7 +12,7 @@ use half::f16;
 
 use crate::dispatch::Kernels;
 use crate::quant::{
-    blocks, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    blocks, blocks_mut, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 use crate::GgmlType;
 
@@ -60,6 +60,13 @@ pub(crate) fn install(k: &mut Kernels) {
             _ => {}
         }
     }
+    for row in k.rows.iter_mut() {
+        match row.ty {
+            GgmlType::Q8_0 => row.quantize = Some(quantize_q8_0_avx2),
+            GgmlType::Q8_1 => row.quantize = Some(quantize_q8_1_avx2),
+            _ => {}
+        }
+    }
     k.attn = attention_avx2;
     k.to_f16 = f32_to_f16_avx2;
     k.tiled = tiled_avx2;
@@ -94,6 +101,78 @@ pub(crate) fn install(k: &mut Kernels) {
             }
         }
         k.name = "avx2+fma+f16c+avx512vnni";
+    }
+}
+
+/// ggml's AVX2 activation quantizer for one 32-value block, exactly as the scalar reference
+/// (`quant::q8_0::quantize_row`) computes it: |x| maximum ignoring NaN lanes (`max(new, acc)`
+/// returns `acc` for a NaN `new`), `d = amax / 127`, `id = 127 / amax`, `x * id` rounded to
+/// nearest-even by the same `(x + 1.5·2^23) − 1.5·2^23`, converted to i32 with saturation (NaN
+/// to 0), then the saturating packs. Returns the 32 quants as i32 lanes (for Q8_1's sum) packed into bytes, and `d`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_block_avx2(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+    assert_eq!(x.len(), 32, "quantize_block: 32 values");
+    // SAFETY: x holds 32 floats: four unaligned 256-bit loads.
+    let v: [__m256; 4] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * k)) });
+    let sign = _mm256_set1_ps(-0.0);
+    let mut amax = _mm256_setzero_ps();
+    for vk in v {
+        amax = _mm256_max_ps(_mm256_andnot_ps(sign, vk), amax);
+    }
+    let mut m4 = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    let amax = _mm_cvtss_f32(m4);
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let i: [__m256i; 4] = v.map(|vk| {
+        let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(vk, id), magic), magic);
+        // The reference's saturating `as i32`: NaN lanes to +0 first; `cvtt` gives i32::MIN
+        // for every out-of-range value, which is right below and flipped to i32::MAX above
+        // (0x8000_0000 ^ 0xFFFF_FFFF).
+        let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+        let big = _mm256_cmp_ps::<_CMP_GE_OQ>(r, _mm256_set1_ps(2_147_483_648.0));
+        _mm256_xor_si256(_mm256_cvttps_epi32(r), _mm256_castps_si256(big))
+    });
+    let sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+    let s128 = _mm_add_epi32(
+        _mm256_extracti128_si256(sum, 1),
+        _mm256_castsi256_si128(sum),
+    );
+    let s128 = _mm_add_epi32(s128, _mm_unpackhi_epi64(s128, s128));
+    let s128 = _mm_add_epi32(s128, _mm_shuffle_epi32::<1>(s128));
+    let p01 = _mm256_packs_epi32(i[0], i[1]);
+    let p23 = _mm256_packs_epi32(i[2], i[3]);
+    let p = _mm256_packs_epi16(p01, p23);
+    let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    // SAFETY: qs is 32 bytes: one unaligned 256-bit store.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
+    (d, _mm_cvtsi128_si32(s128))
+}
+
+/// Table entry: Q8_0 activation quantizer (AVX2, FMA and F16C detected by `install`).
+fn quantize_q8_0_avx2(x: &[f32], dst: &mut [u8]) {
+    let y: &mut [BlockQ8_0] = blocks_mut(dst);
+    assert_eq!(x.len(), y.len() * 32, "quantize_q8_0: lengths");
+    for (b, xb) in y.iter_mut().zip(x.chunks_exact(32)) {
+        // SAFETY: `install` put this function in the table only after detecting AVX2/F16C.
+        let (d, _) = unsafe { quantize_block_avx2(xb, &mut b.qs) };
+        b.d = crate::f32_to_f16(d).to_le_bytes();
+    }
+}
+
+/// Table entry: Q8_1 activation quantizer (AVX2, FMA and F16C detected by `install`):
+/// `s = f16(d * sum(q))` over the quants before saturation, as the reference.
+fn quantize_q8_1_avx2(x: &[f32], dst: &mut [u8]) {
+    let y: &mut [BlockQ8_1] = blocks_mut(dst);
+    assert_eq!(x.len(), y.len() * 32, "quantize_q8_1: lengths");
+    for (b, xb) in y.iter_mut().zip(x.chunks_exact(32)) {
+        // SAFETY: as above.
+        let (d, sum) = unsafe { quantize_block_avx2(xb, &mut b.qs) };
+        b.d = crate::f32_to_f16(d).to_le_bytes();
+        b.s = crate::f32_to_f16(d * sum as f32).to_le_bytes();
     }
 }
 
@@ -897,27 +976,27 @@ macro_rules! i8w_4x4_body {
                 // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
                 let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
                 macro_rules! lane {
-                    ($r:literal, $imm:literal) => {
-                        // One in-lane permute (both halves of `dj` hold the four products);
-                        // written as asm because LLVM otherwise lowers the lane broadcast as an
-                        // extract plus a broadcast, two shuffles per (row, token).
-                        let d: __m256;
-                        // SAFETY: a register-only AVX instruction; the enclosing function is
-                        // compiled for (and only called on) CPUs with AVX2.
-                        unsafe {
-                            std::arch::asm!(
-                                "vpermilps {d}, {s}, {imm}",
-                                d = lateout(ymm_reg) d,
-                                s = in(ymm_reg) dj,
-                                imm = const $imm,
-                                options(pure, nomem, nostack, preserves_flags)
-                            );
-                        }
-                        let sy = _mm256_sign_epi8(qy, qx[$r]);
-                        let sum = mul_sum_us8_pairs_float_vnni(ax[$r], sy);
-                        acc[$r][j] = _mm256_fmadd_ps(d, sum, acc[$r][j]);
-                    };
-                }
+                        ($r:literal, $imm:literal) => {
+                            // One in-lane permute (both halves of `dj` hold the four products);
+                            // written as asm because LLVM otherwise lowers the lane broadcast as an
+                            // extract plus a broadcast, two shuffles per (row, token).
+                            let d: __m256;
+                            // SAFETY: a register-only AVX instruction; the enclosing function is
+                            // compiled for (and only called on) CPUs with AVX2.
+                            unsafe {
+                                std::arch::asm!(
+                                    "vpermilps {d}, {s}, {imm}",
+                                    d = lateout(ymm_reg) d,
+                                    s = in(ymm_reg) dj,
+                                    imm = const $imm,
+                                    options(pure, nomem, nostack, preserves_flags)
+                                );
+                            }
+                            let sy = _mm256_sign_epi8(qy, qx[$r]);
+                            let sum = mul_sum_us8_pairs_float_vnni(ax[$r], sy);
+                            acc[$r][j] = _mm256_fmadd_ps(d, sum, acc[$r][j]);
+                        };
+                    }
                 lane!(0, 0x00);
                 lane!(1, 0x55);
                 lane!(2, 0xAA);
@@ -1376,6 +1455,65 @@ mod tests {
                     let want = one(n, &w[r * row_b..(r + 1) * row_b], &a);
                     assert_eq!(o.to_bits(), want.to_bits(), "{ty} case {case} row {r}");
                 }
+            }
+        }
+    }
+
+    /// The AVX2 activation quantizers write the scalar reference's bytes, on random rows and on
+    /// edge blocks: zeros, ties (x * id exactly k + 0.5), a single huge value, subnormals, ±inf
+    /// and NaN.
+    #[test]
+    fn activation_quantizers_match_reference() {
+        if !simd_available() {
+            return;
+        }
+        let scalar = Kernels::scalar();
+        let mut s = 31u64;
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        for n_blocks in 1..6 {
+            rows.push(crate::testutil::rand_vec(32 * n_blocks, 4.0, &mut s));
+        }
+        rows.push(vec![0.0; 32]);
+        rows.push((0..32).map(|i| i as f32 + 0.5).collect());
+        rows.push(
+            (0..32)
+                .map(|i| (i as f32 - 16.0) * (127.0 / 15.5) / 127.0 * 0.5)
+                .collect(),
+        );
+        rows.push((0..32).map(|i| if i == 5 { 1e30 } else { 1.0 }).collect());
+        rows.push((0..32).map(|i| f32::from_bits(i as u32 + 1)).collect());
+        rows.push(
+            (0..32)
+                .map(|i| if i == 3 { f32::INFINITY } else { -2.0 })
+                .collect(),
+        );
+        rows.push(
+            (0..32)
+                .map(|i| if i % 5 == 0 { f32::NAN } else { i as f32 })
+                .collect(),
+        );
+        rows.push(vec![f32::NAN; 32]);
+        rows.push(
+            (0..32)
+                .map(|i| if i == 9 { f32::NEG_INFINITY } else { f32::NAN })
+                .collect(),
+        );
+        for (ty, f) in [
+            (
+                GgmlType::Q8_0,
+                quantize_q8_0_avx2 as crate::dispatch::QuantizeFn,
+            ),
+            (GgmlType::Q8_1, quantize_q8_1_avx2),
+        ] {
+            for (k, x) in rows.iter().enumerate() {
+                let n = crate::row_bytes(ty, x.len()).expect("bytes");
+                let mut want = vec![0u8; n];
+                scalar
+                    .quantize_activation(ty, x, &mut want)
+                    .expect("scalar");
+                let mut got = vec![0u8; n];
+                f(x, &mut got);
+                assert_eq!(got, want, "{ty} row {k}");
             }
         }
     }
