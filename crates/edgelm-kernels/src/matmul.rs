@@ -209,59 +209,36 @@ fn run_rows(
     for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
         let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
         let mut r = rows.start;
-        if let Some(dot4x4) = dot4x4 {
-            while r + 4 <= rows.end && t1 - t0 >= 4 {
-                let w4: [&[u8]; 4] =
-                    std::array::from_fn(|i| &w[(r + i) * w_row..(r + i + 1) * w_row]);
-                let mut t = t0;
-                while t + 4 <= t1 {
-                    let v = dot4x4(
-                        n_cols,
-                        w4,
-                        [act_row(t), act_row(t + 1), act_row(t + 2), act_row(t + 3)],
-                    );
-                    for (i, vi) in v.into_iter().enumerate() {
-                        for (j, vj) in vi.into_iter().enumerate() {
-                            put(t + j, r + i, vj);
+        // Tiles of R weight rows × 4 tokens: the largest the table has first.
+        macro_rules! tiles {
+            ($tile:expr, $rr:literal) => {
+                while r + $rr <= rows.end && t1 - t0 >= 4 {
+                    let wr: [&[u8]; $rr] =
+                        std::array::from_fn(|i| &w[(r + i) * w_row..(r + i + 1) * w_row]);
+                    let mut t = t0;
+                    while t + 4 <= t1 {
+                        let v = $tile(n_cols, wr, std::array::from_fn(|j| act_row(t + j)));
+                        for (i, vi) in v.into_iter().enumerate() {
+                            for (j, vj) in vi.into_iter().enumerate() {
+                                put(t + j, r + i, vj);
+                            }
+                        }
+                        t += 4;
+                    }
+                    for t in t..t1 {
+                        for (i, w_i) in wr.iter().enumerate() {
+                            put(t, r + i, dot(n_cols, w_i, act_row(t)));
                         }
                     }
-                    t += 4;
+                    r += $rr;
                 }
-                for t in t..t1 {
-                    for (i, w_i) in w4.iter().enumerate() {
-                        put(t, r + i, dot(n_cols, w_i, act_row(t)));
-                    }
-                }
-                r += 4;
-            }
+            };
+        }
+        if let Some(dot4x4) = dot4x4 {
+            tiles!(dot4x4, 4);
         }
         if let Some(dot2x4) = dot2x4 {
-            while r + 2 <= rows.end && t1 - t0 >= 4 {
-                let w2 = [
-                    &w[r * w_row..(r + 1) * w_row],
-                    &w[(r + 1) * w_row..(r + 2) * w_row],
-                ];
-                let mut t = t0;
-                while t + 4 <= t1 {
-                    let v = dot2x4(
-                        n_cols,
-                        w2,
-                        [act_row(t), act_row(t + 1), act_row(t + 2), act_row(t + 3)],
-                    );
-                    for (i, vi) in v.into_iter().enumerate() {
-                        for (j, vj) in vi.into_iter().enumerate() {
-                            put(t + j, r + i, vj);
-                        }
-                    }
-                    t += 4;
-                }
-                for t in t..t1 {
-                    for (i, w_i) in w2.iter().enumerate() {
-                        put(t, r + i, dot(n_cols, w_i, act_row(t)));
-                    }
-                }
-                r += 2;
-            }
+            tiles!(dot2x4, 2);
         }
         // Decode shape (one token, Q8_0 activations): the activation's block scales are
         // converted to f32 once for all of this task's rows.
