@@ -24,6 +24,8 @@ pub(crate) type VecDotPreFn = fn(usize, &[u8], &[u8], &[f32]) -> f32;
 /// [`VecDotPreFn`] over `out.len()` consecutive weight rows (`w`), one result per row; each
 /// bit-identical to [`VecDotPreFn`]'s.
 pub(crate) type VecDotPreRowsFn = fn(usize, &[u8], &[u8], &[f32], &mut [f32]);
+/// Rewrites a row of weight blocks (`src`) as Q8_0 blocks (`dst`, as many), exactly.
+pub(crate) type ToQ8_0Fn = fn(&[u8], &mut [u8]);
 /// Quantizes `x` into `dst` (exactly `row_bytes(ty, x.len())` bytes).
 pub(crate) type QuantizeFn = fn(&[f32], &mut [u8]);
 
@@ -46,6 +48,9 @@ pub(crate) struct KernelRow {
     pub(crate) vec_dot_pre: Option<VecDotPreFn>,
     /// `vec_dot_pre` over a run of rows in one call (decode), where a SIMD table has one.
     pub(crate) vec_dot_pre_rows: Option<VecDotPreRowsFn>,
+    /// For weights whose values are Q8_0 blocks in another packing (Q5_0): the exact rewrite,
+    /// so that prompt batches run Q8_0's 4 × 4 tile on rows rewritten once per task.
+    pub(crate) to_q8_0: Option<ToQ8_0Fn>,
     /// The type's `from_float`; `None` for weight-only types.
     pub(crate) quantize: Option<QuantizeFn>,
 }
@@ -116,6 +121,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: Some(f32::quantize_row),
         },
         KernelRow {
@@ -128,6 +134,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: Some(f16::quantize_row),
         },
         KernelRow {
@@ -140,6 +147,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: Some(bf16::quantize_row),
         },
         KernelRow {
@@ -152,6 +160,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: None,
         },
         KernelRow {
@@ -164,6 +173,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: None,
         },
         KernelRow {
@@ -176,6 +186,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: Some(|s, d| q5_0::to_q8_0(blocks(s), blocks_mut(d))),
             quantize: None,
         },
         KernelRow {
@@ -188,6 +199,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: None,
         },
         KernelRow {
@@ -200,6 +212,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: Some(|x, d| q8_0::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -212,6 +225,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: Some(|x, d| q8_1::quantize_row(x, blocks_mut(d))),
         },
         KernelRow {
@@ -224,6 +238,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: None,
         },
         KernelRow {
@@ -236,6 +251,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: None,
         },
         KernelRow {
@@ -248,6 +264,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: None,
         },
         KernelRow {
@@ -260,6 +277,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: None,
         },
         KernelRow {
@@ -272,6 +290,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: None,
         },
         KernelRow {
@@ -284,6 +303,7 @@ fn scalar_rows() -> Vec<KernelRow> {
             vec_dot4x4: None,
             vec_dot_pre: None,
             vec_dot_pre_rows: None,
+            to_q8_0: None,
             quantize: Some(|x, d| q8_k::quantize_row(x, blocks_mut(d))),
         },
     ]

@@ -72,6 +72,12 @@ struct Prepared<'a> {
     dot4: Option<crate::dispatch::VecDot4Fn>,
     dot2x4: Option<crate::dispatch::VecDot2x4Fn>,
     dot4x4: Option<crate::dispatch::VecDot4x4Fn>,
+    /// With `to_q8_0`: Q8_0's 4 × 4 tile and single dot, run on rows rewritten as Q8_0.
+    via_q8_0: Option<(
+        crate::dispatch::ToQ8_0Fn,
+        crate::dispatch::VecDot4x4Fn,
+        crate::dispatch::VecDotFn,
+    )>,
     dot_pre: Option<crate::dispatch::VecDotPreFn>,
     dot_pre_rows: Option<crate::dispatch::VecDotPreRowsFn>,
     act_block_bytes: usize,
@@ -79,6 +85,8 @@ struct Prepared<'a> {
     act_scale_fields: usize,
     w: &'a [u8],
     w_row: usize,
+    /// Bytes per weight block.
+    w_block_bytes: usize,
     n_rows: usize,
     out_ptr: OutPtr,
 }
@@ -149,6 +157,16 @@ pub fn matmul_many(
             dot4: row.vec_dot4,
             dot2x4: row.vec_dot2x4,
             dot4x4: row.vec_dot4x4,
+            via_q8_0: match row.to_q8_0 {
+                Some(conv) => {
+                    let q8 = kernels().row(GgmlType::Q8_0, "vec_dot4x4")?;
+                    match (q8.vec_dot4x4, q8.vec_dot) {
+                        (Some(tile), Some(one)) => Some((conv, tile, one)),
+                        _ => None,
+                    }
+                }
+                None => None,
+            },
             dot_pre: row.vec_dot_pre,
             dot_pre_rows: row.vec_dot_pre_rows,
             act_block_bytes: act_ty.type_size(),
@@ -158,6 +176,7 @@ pub fn matmul_many(
             },
             w: job.w,
             w_row,
+            w_block_bytes: ty.type_size(),
             n_rows: job.n_rows,
             out_ptr: OutPtr(job.out.as_mut_ptr()),
         });
@@ -233,6 +252,43 @@ fn run_rows(
                     r += $rr;
                 }
             };
+        }
+        // Q5_0 rows rewritten as Q8_0 once per 4-row group and token block, then Q8_0's tile:
+        // the unpacking is shared by the whole token block instead of one token quad.
+        if let Some((conv, tile, one)) = p.via_q8_0 {
+            let q8_row = w_row / p.w_block_bytes * GgmlType::Q8_0.type_size();
+            if q8_row <= MAX_PREPARED_BLOCKS * GgmlType::Q8_0.type_size() && t1 - t0 >= 4 {
+                let mut buf = [0u8; 4 * MAX_PREPARED_BLOCKS * 34];
+                let conv_rows = |r: usize, buf: &mut [u8]| {
+                    for i in 0..4 {
+                        conv(
+                            &w[(r + i) * w_row..(r + i + 1) * w_row],
+                            &mut buf[i * q8_row..(i + 1) * q8_row],
+                        );
+                    }
+                };
+                while r + 4 <= rows.end {
+                    conv_rows(r, &mut buf);
+                    let wr: [&[u8]; 4] =
+                        std::array::from_fn(|i| &buf[i * q8_row..(i + 1) * q8_row]);
+                    let mut t = t0;
+                    while t + 4 <= t1 {
+                        let v = tile(n_cols, wr, std::array::from_fn(|j| act_row(t + j)));
+                        for (i, vi) in v.into_iter().enumerate() {
+                            for (j, vj) in vi.into_iter().enumerate() {
+                                put(t + j, r + i, vj);
+                            }
+                        }
+                        t += 4;
+                    }
+                    for t in t..t1 {
+                        for (i, w_i) in wr.iter().enumerate() {
+                            put(t, r + i, one(n_cols, w_i, act_row(t)));
+                        }
+                    }
+                    r += 4;
+                }
+            }
         }
         if let Some(dot4x4) = dot4x4 {
             tiles!(dot4x4, 4);
@@ -332,6 +388,90 @@ pub fn quantize_activations(
 mod tests {
     use super::*;
     use crate::testutil::lcg;
+
+    /// Prompt batches through every tile path (4 × 4, Q5_0 rewritten as Q8_0, 2 × 4, 1 × 4, and
+    /// the leftover rows and tokens): each element equals the table's single-row dot bit for bit.
+    #[test]
+    fn batch_tiles_equal_single_dots() {
+        let pool = ThreadPool::new(2).expect("pool");
+        let k = kernels();
+        let mut s = 11u64;
+        let n_cols = 160;
+        for ty in [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_1] {
+            let act_ty = k.vec_dot_type(ty).expect("act");
+            for (n_rows, n_tokens) in [(23usize, 37usize), (8, 4), (5, 70)] {
+                let x: Vec<f32> = (0..n_tokens * n_cols)
+                    .map(|_| (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0)
+                    .collect();
+                let mut act = Vec::new();
+                quantize_activations(act_ty, &x, n_tokens, n_cols, &mut act).expect("q");
+                let wr = row_bytes(ty, n_cols).expect("rb");
+                let mut w: Vec<u8> = (0..n_rows * wr).map(|_| lcg(&mut s) as u8).collect();
+                for b in w.chunks_exact_mut(ty.type_size()) {
+                    let d = (lcg(&mut s) as f32 / (1u64 << 31) as f32) * 0.01;
+                    b[0..2].copy_from_slice(&crate::f32_to_f16(d).to_le_bytes());
+                    if ty == GgmlType::Q4_1 {
+                        b[2..4].copy_from_slice(&crate::f32_to_f16(-d).to_le_bytes());
+                    }
+                }
+                let mut out = vec![0.0f32; n_tokens * n_rows];
+                matmul(&pool, ty, &w, n_rows, n_cols, &act, n_tokens, &mut out).expect("mm");
+                let ar = row_bytes(act_ty, n_cols).expect("ar");
+                for t in 0..n_tokens {
+                    for r in 0..n_rows {
+                        let want = k
+                            .vec_dot(
+                                ty,
+                                n_cols,
+                                &w[r * wr..(r + 1) * wr],
+                                &act[t * ar..(t + 1) * ar],
+                            )
+                            .expect("dot");
+                        assert_eq!(
+                            out[t * n_rows + r].to_bits(),
+                            want.to_bits(),
+                            "{ty} {n_rows}x{n_tokens}: token {t} row {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q5_0 rows rewritten as Q8_0: the table's form writes the scalar reference's bytes, and
+    /// the rewritten row dequantizes to the same values.
+    #[test]
+    fn q5_0_to_q8_0_is_exact() {
+        let mut s = 3u64;
+        let n = 96;
+        let src: Vec<u8> = (0..row_bytes(GgmlType::Q5_0, n).expect("rb"))
+            .map(|_| lcg(&mut s) as u8)
+            .collect();
+        let mut src = src;
+        for b in src.chunks_exact_mut(22) {
+            b[0..2].copy_from_slice(&crate::f32_to_f16(0.25).to_le_bytes());
+        }
+        let q8 = row_bytes(GgmlType::Q8_0, n).expect("rb");
+        let scalar = crate::Kernels::scalar();
+        let mut a = vec![0u8; q8];
+        let mut b = vec![1u8; q8];
+        (scalar
+            .row(GgmlType::Q5_0, "to_q8_0")
+            .expect("row")
+            .to_q8_0
+            .expect("scalar"))(&src, &mut a);
+        let conv = kernels()
+            .row(GgmlType::Q5_0, "to_q8_0")
+            .expect("row")
+            .to_q8_0
+            .expect("table");
+        conv(&src, &mut b);
+        assert_eq!(a, b);
+        let (mut f5, mut f8) = (vec![0.0f32; n], vec![0.0f32; n]);
+        crate::dequantize_row(GgmlType::Q5_0, &src, &mut f5).expect("dq5");
+        crate::dequantize_row(GgmlType::Q8_0, &a, &mut f8).expect("dq8");
+        assert_eq!(f5, f8);
+    }
 
     /// Q4_1, Q5_1 (both with Q8_1 activations) and Q8_0 weights: `matmul_many` gives each job
     /// exactly what `matmul` gives it alone, for decode and batch shapes; mixed activation

@@ -42,6 +42,19 @@ pub fn dequantize_row(x: &[BlockQ5_0], y: &mut [f32]) {
     }
 }
 
+/// The same values as Q8_0 blocks (quants `q - 16` as signed bytes, the same f16 scale), which
+/// is exact: any Q8_0 × Q8_0 kernel then computes the Q5_0 × Q8_0 dot. `y.len() == x.len()`.
+pub fn to_q8_0(x: &[BlockQ5_0], y: &mut [BlockQ8_0]) {
+    for (b, o) in x.iter().zip(y.iter_mut()) {
+        o.d = b.d;
+        for j in 0..QK / 2 {
+            let (x0, x1) = quants(b, j);
+            o.qs[j] = x0 as i8;
+            o.qs[j + QK / 2] = x1 as i8;
+        }
+    }
+}
+
 /// ggml `ggml_vec_dot_q5_0_q8_0_generic`: per block `(d_w * d_a) * sumi`.
 pub fn vec_dot(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut sumf = 0.0f32;

@@ -87,6 +87,7 @@ pub(crate) fn install(k: &mut Kernels) {
                 GgmlType::Q5_0 => {
                     row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0_vnni);
                     row.vec_dot4x4 = Some(vec_dot4x4_q5_0_q8_0_vnni);
+                    row.to_q8_0 = Some(q5_0_to_q8_0_avx2);
                     row.vec_dot_pre = Some(vec_dot_pre_q5_0_vnni);
                     row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q5_0_vnni);
                 }
@@ -1046,6 +1047,27 @@ i8w_4x4_entry!(
     BlockQ5_0,
     unpack_q5_0_bits
 );
+
+/// Table entry: a Q5_0 row rewritten as Q8_0 blocks (the unpacked signed bytes and the same
+/// scale), as the scalar `quant::q5_0::to_q8_0` does (AVX2 detected by `install`).
+fn q5_0_to_q8_0_avx2(src: &[u8], dst: &mut [u8]) {
+    let (x, y): (&[BlockQ5_0], &mut [BlockQ8_0]) = (blocks(src), blocks_mut(dst));
+    assert_eq!(x.len(), y.len(), "to_q8_0: block counts differ");
+    // SAFETY: `install` put this function in the table only after detecting AVX2/FMA/F16C.
+    unsafe { q5_0_to_q8_0_inner(x, y) }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_to_q8_0_inner(x: &[BlockQ5_0], y: &mut [BlockQ8_0]) {
+    for (b, o) in x.iter().zip(y.iter_mut()) {
+        let (q, d) = unpack_q5_0_bits(b);
+        o.d = d.to_le_bytes();
+        // SAFETY: `qs` is 32 bytes: one unaligned 256-bit store.
+        unsafe { _mm256_storeu_si256(o.qs.as_mut_ptr().cast(), q) };
+    }
+}
 
 /// Splits four activation rows into blocks, each as long as `n_blocks`.
 fn blocks4<B: bytemuck::Pod>(a: [&[u8]; 4], n_blocks: usize) -> [&[B]; 4] {
