@@ -137,7 +137,7 @@ impl ThreadPool {
     }
 
     /// Calls `f(first_row, rows)` for consecutive groups of `group` rows (`row_len` long) of
-    /// `data`, in parallel (the last group may be shorter).
+    /// `data`, in parallel (the last group may be shorter), handed out last group first.
     pub fn for_each_row_group_mut<T: Send>(
         &self,
         data: &mut [T],
@@ -162,6 +162,9 @@ impl ThreadPool {
         let base = RowsPtr(data.as_mut_ptr());
         self.run(n_groups, &|c| {
             let base = &base;
+            // Last group first: for causal attention the later query groups see more positions,
+            // and handing out the largest tasks first evens the threads' finishing times.
+            let c = n_groups - 1 - c;
             let first = c * group;
             let last = (first + group).min(n_rows);
             // SAFETY: group c covers rows first..last, disjoint from every other group's and
