@@ -557,7 +557,10 @@ mod tests {
                 let p = fmt.params(blk);
                 for (&a, &b) in blk.iter().zip(yb) {
                     let (_, deq) = fmt.quant(a, &p);
-                    assert!((deq - b).abs() <= 1e-6 * (1.0 + deq.abs()), "{ty}: {deq} {b}");
+                    assert!(
+                        (deq - b).abs() <= 1e-6 * (1.0 + deq.abs()),
+                        "{ty}: {deq} {b}"
+                    );
                 }
             }
         }
@@ -651,6 +654,9 @@ mod tests {
         assert_eq!(hessian_key("blk.3.attn_k.weight"), "blk.3.attn_q.weight");
         assert_eq!(hessian_key("blk.3.attn_v.weight"), "blk.3.attn_q.weight");
         assert_eq!(hessian_key("blk.3.ffn_up.weight"), "blk.3.ffn_gate.weight");
-        assert_eq!(hessian_key("blk.3.ffn_down.weight"), "blk.3.ffn_down.weight");
+        assert_eq!(
+            hessian_key("blk.3.ffn_down.weight"),
+            "blk.3.ffn_down.weight"
+        );
     }
 }
