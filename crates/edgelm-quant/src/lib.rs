@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod compare;
+pub mod gptq;
 pub mod imatrix;
 pub mod kquants;
 pub mod legacy;

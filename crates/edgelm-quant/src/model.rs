@@ -47,6 +47,16 @@ pub enum ModelError {
     /// The importance matrix does not fit a tensor.
     #[error(transparent)]
     Imatrix(#[from] ImatrixError),
+    /// GPTQ failed on a tensor (bad Hessian, shapes).
+    #[error("GPTQ failed on tensor {name} ({ty}): {source}")]
+    Gptq {
+        /// Tensor.
+        name: String,
+        /// Target type.
+        ty: GgmlType,
+        /// Why.
+        source: crate::gptq::GptqError,
+    },
     /// Quantizing a tensor failed (non-finite weights, unsupported type).
     #[error("cannot quantize tensor {name} to {ty}: {source}")]
     Quantize {
@@ -208,6 +218,17 @@ pub fn tensor_to_f32(file: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>, ModelE
 pub fn quantize_model<'a>(
     file: &'a GgufFile,
     opts: &QuantizeOptions,
+    progress: impl FnMut(&PlannedTensor),
+) -> Result<(GgufWriter<'a>, Summary), ModelError> {
+    quantize_model_with(file, opts, None, progress)
+}
+
+/// [`quantize_model`], with GPTQ for the tensors [`GptqCalibration::for_tensor`] accepts
+/// (the others are quantized as without it).
+pub fn quantize_model_with<'a>(
+    file: &'a GgufFile,
+    opts: &QuantizeOptions,
+    gptq: Option<&GptqCalibration>,
     mut progress: impl FnMut(&PlannedTensor),
 ) -> Result<(GgufWriter<'a>, Summary), ModelError> {
     let planned = plan(file, opts)?;
@@ -235,6 +256,13 @@ pub fn quantize_model<'a>(
             Value::U32(im.entries.len() as u32),
         )?;
         w.set_metadata("quantize.imatrix.chunks_count", Value::U32(im.chunk_count))?;
+    }
+    if let Some(g) = gptq {
+        w.set_metadata("quantize.gptq.dataset", truncate_127(&g.dataset))?;
+        w.set_metadata(
+            "quantize.gptq.entries_count",
+            Value::U32(g.hessians.len() as u32),
+        )?;
     }
 
     let mut summary = Summary::default();
@@ -277,8 +305,21 @@ pub fn quantize_model<'a>(
                 ty: p.to,
                 source,
             };
-            let data = match importance {
-                Some(qw) => {
+            let hessian = gptq.and_then(|g| g.for_tensor(&t.name, p.to, &t.dims));
+            let data = match (hessian, importance) {
+                (Some(h), _) => crate::gptq::quantize_rows_gptq(
+                    p.to,
+                    &f32s,
+                    n_per_row,
+                    h,
+                    &gptq.expect("hessian implies gptq").options,
+                )
+                .map_err(|source| ModelError::Gptq {
+                    name: t.name.clone(),
+                    ty: p.to,
+                    source,
+                })?,
+                (None, Some(qw)) => {
                     let rows_per_expert = t.dims.get(1).copied().unwrap_or(1) as usize;
                     let row_size = crate::row_bytes(p.to, n_per_row).map_err(quant_err)?;
                     let mut out = vec![0u8; t.n_rows() * row_size];
@@ -293,7 +334,7 @@ pub fn quantize_model<'a>(
                     .map_err(quant_err)?;
                     out
                 }
-                None => crate::quantize(p.to, &f32s, n_per_row).map_err(quant_err)?,
+                (None, None) => crate::quantize(p.to, &f32s, n_per_row).map_err(quant_err)?,
             };
             summary.size_out += data.len() as u64;
             summary.n_converted += 1;
@@ -302,6 +343,37 @@ pub fn quantize_model<'a>(
         progress(p);
     }
     Ok((w, summary))
+}
+
+/// Calibration for GPTQ: one Hessian per distinct weight input, keyed by
+/// [`crate::gptq::hessian_key`] of the weight's name.
+#[derive(Debug, Clone, Default)]
+pub struct GptqCalibration {
+    /// `Xᵀ X` per input.
+    pub hessians: std::collections::BTreeMap<String, crate::gptq::Hessian>,
+    /// Damping.
+    pub options: crate::gptq::GptqOptions,
+    /// Where the calibration came from (recorded as `quantize.gptq.dataset`).
+    pub dataset: String,
+}
+
+impl GptqCalibration {
+    /// The Hessian GPTQ uses for `name` quantized to `ty`, when GPTQ applies (a 2-D weight
+    /// with a Hessian of its row width, and a 32-element legacy target type).
+    pub fn for_tensor(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        dims: &[u64],
+    ) -> Option<&crate::gptq::Hessian> {
+        use GgmlType::*;
+        if !matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0) || dims.len() != 2 {
+            return None;
+        }
+        self.hessians
+            .get(&crate::gptq::hessian_key(name))
+            .filter(|h| h.n() as u64 == dims[0] && h.count() > 0)
+    }
 }
 
 /// llama.cpp copies override strings into 128-byte buffers.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use edgelm_gguf::{GgmlType, GgufWriter};
-use edgelm_quant::model::{quantize_model, ModelError, QuantizeOptions};
+use edgelm_quant::model::{quantize_model_with, ModelError, QuantizeOptions};
 use edgelm_quant::recipe::{FileType, RecipeOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -60,6 +60,24 @@ pub struct QuantizeArgs {
     /// weights the rounding of Q4_0..Q5_1 and the K-quants by input-column importance.
     #[arg(long)]
     pub imatrix: Option<PathBuf>,
+    /// Rounding method: `rtn` (round to nearest, llama-quantize's, optionally
+    /// importance-weighted with --imatrix) or `gptq` (error-compensating rounding against
+    /// each weight input's Hessian from --calib text; Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 tensors,
+    /// the others as rtn). The output blocks are the same ggml formats either way.
+    #[arg(long, default_value = "rtn", value_parser = ["rtn", "gptq"])]
+    pub method: String,
+    /// Calibration text for --method gptq (the model being quantized is run over it).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration chunks for --method gptq (at most; fewer if the text is short).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub calib_chunks: u32,
+    /// Tokens per calibration chunk.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(2..))]
+    pub calib_ctx: u32,
+    /// GPTQ damping: this fraction of the Hessian's mean diagonal is added to its diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub gptq_damp: f64,
     /// Pre-tokenizer name for a Hugging Face input (default: found by llama.cpp's probe hash).
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
@@ -105,6 +123,29 @@ fn parse_tensor_type(s: &str) -> Result<(String, GgmlType), String> {
 /// Runs `edgelm quantize`.
 pub fn run(args: &QuantizeArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
+    let gptq = args.method == "gptq";
+    if gptq {
+        if args.calib.is_none() {
+            return Err(usage(
+                "--method gptq needs calibration text (--calib FILE): GPTQ uses the full \
+                 input Hessian, which an importance matrix (its diagonal) does not hold",
+            ));
+        }
+        if args.imatrix.is_some() {
+            return Err(usage(
+                "--imatrix and --method gptq cannot be combined (GPTQ computes its own \
+                 Hessians from --calib)",
+            ));
+        }
+        if !(args.gptq_damp.is_finite() && args.gptq_damp >= 0.0) {
+            return Err(usage(format!(
+                "--gptq-damp must be a non-negative number, not {}",
+                args.gptq_damp
+            )));
+        }
+    } else if args.calib.is_some() {
+        return Err(usage("--calib is only used with --method gptq"));
+    }
     let file = if args.input.is_dir() {
         let bytes = crate::hf::convert_dir(&args.input, args.tokenizer_pre.as_deref())
             .with_context(|| {
@@ -157,10 +198,29 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         .num_threads(args.global.n_threads())
         .build()
         .context("cannot start worker threads")?;
+    let calibration = match &args.calib {
+        Some(text) if gptq => Some(
+            pool.install(|| {
+                super::gptq::calibrate(
+                    &args.input,
+                    &file,
+                    &super::gptq::CalibArgs {
+                        text,
+                        chunks: args.calib_chunks as usize,
+                        n_ctx: args.calib_ctx as usize,
+                        damp: args.gptq_damp,
+                    },
+                    &args.global,
+                )
+            })
+            .context("GPTQ calibration failed")?,
+        ),
+        _ => None,
+    };
     let mut types: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut fallbacks: BTreeMap<(&'static str, &'static str), usize> = BTreeMap::new();
     let result = pool.install(|| {
-        quantize_model(&file, &opts, |p| {
+        quantize_model_with(&file, &opts, calibration.as_ref(), |p| {
             *types.entry(p.to.name()).or_default() += 1;
             if let Some(from) = p.fallback_from {
                 *fallbacks.entry((from.name(), p.to.name())).or_default() += 1;
@@ -214,6 +274,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             "input": args.input.display().to_string(),
             "output": args.output.display().to_string(),
             "file_type": args.file_type.name(),
+            "method": args.method,
             "n_tensors": file.tensors().len(),
             "n_converted": summary.n_converted,
             "n_fallback": summary.n_fallback,
