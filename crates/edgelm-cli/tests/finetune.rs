@@ -8,8 +8,6 @@ use std::process::{Command, Output};
 
 use edgelm_train::st::TensorFile;
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
 fn edgelm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_edgelm"));
     c.env("EDGELM_OFFLINE", "1").env_remove("RUST_LOG");
@@ -17,14 +15,8 @@ fn edgelm() -> Command {
 }
 
 fn real_model() -> Option<PathBuf> {
-    let dir = if let Some(h) = std::env::var_os("EDGELM_HOME") {
-        PathBuf::from(h).join("models")
-    } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        PathBuf::from(x).join("edgelm").join("models")
-    } else {
-        PathBuf::from(std::env::var_os("HOME")?).join(".cache/edgelm/models")
-    };
-    let p = dir.join(MODEL_FILE);
+    // The cache path the CLI itself uses (no download).
+    let p = edgelm_runtime::default_model_path()?;
     if p.is_file() {
         Some(p)
     } else {

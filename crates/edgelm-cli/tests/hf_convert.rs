@@ -12,7 +12,6 @@ use std::process::{Command, Output};
 use edgelm_gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use serde_json::json;
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const N_LAYER: usize = 2;
 
 fn edgelm() -> Command {
@@ -34,14 +33,8 @@ fn s(p: &Path) -> &str {
 }
 
 fn real_model() -> Option<PathBuf> {
-    let dir = if let Some(h) = std::env::var_os("EDGELM_HOME") {
-        PathBuf::from(h).join("models")
-    } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        PathBuf::from(x).join("edgelm").join("models")
-    } else {
-        PathBuf::from(std::env::var_os("HOME")?).join(".cache/edgelm/models")
-    };
-    let p = dir.join(MODEL_FILE);
+    // The cache path the CLI itself uses (no download).
+    let p = edgelm_runtime::default_model_path()?;
     if p.is_file() {
         Some(p)
     } else {

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn real_model() -> Option<PathBuf> {
-    let p = PathBuf::from(std::env::var_os("HOME")?)
-        .join(".cache/edgelm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    // The cache path the CLI itself uses (no download).
+    let p = edgelm_runtime::default_model_path()?;
     if p.is_file() {
         Some(p)
     } else {
