@@ -541,47 +541,52 @@ i8w_pre_entry!(
 /// each pair into two f32 lanes; lane 0 gives `d_w · d_a`, and a 4-lane FMA keeps ggml's scalar
 /// `summs = fma(m, s, summs)` chain in lane 1 (lane 0 of that accumulator is unused).
 macro_rules! q4_1_q8_1_body {
-    ($x:expr, $y:expr, $mul_sum:ident) => {{
+    ($x:expr, $y:expr, $mul_sum:ident) => {
+        q4_1_q8_1_loop!(
+            $x.iter().zip($y).map(|(xb, yb)| (xb, yb, ())),
+            (xb, yb, _),
+            f16c_pair([yb.d[0], yb.d[1], yb.s[0], yb.s[1]]),
+            $mul_sum
+        )
+    };
+}
+
+/// [`q4_1_q8_1_body`] with the activation's `d` and `s` given as f32 pairs (`ads`, converted
+/// once per matmul for every weight row): lanes 0, 1 = d, s and 2, 3 = 0, as the F16
+/// conversion of the pair gives, so the same lanes, roundings and order.
+macro_rules! q4_1_q8_1_pre_body {
+    ($x:expr, $y:expr, $ads:expr, $mul_sum:ident) => {
+        q4_1_q8_1_loop!(
+            $x.iter()
+                .zip($y)
+                .zip($ads.chunks_exact(2))
+                .map(|((xb, yb), ds)| (xb, yb, ds)),
+            (xb, yb, ds),
+            _mm_setr_ps(ds[0], ds[1], 0.0, 0.0),
+            $mul_sum
+        )
+    };
+}
+
+/// The Q4_1 × Q8_1 loop both bodies share: `$yds` gives the activation's (d, s) lanes for the
+/// block bound to `$yb` (and `$extra`).
+macro_rules! q4_1_q8_1_loop {
+    ($blocks:expr, ($xb:ident, $yb:ident, $extra:pat), $yds:expr, $mul_sum:ident) => {{
         let mut acc = _mm256_setzero_ps();
         let mut summs = _mm_setzero_ps();
         let low_mask = _mm256_set1_epi8(0x0F);
-        for (xb, yb) in $x.iter().zip($y) {
-            let xdm = f16c_pair([xb.d[0], xb.d[1], xb.m[0], xb.m[1]]);
-            let yds = f16c_pair([yb.d[0], yb.d[1], yb.s[0], yb.s[1]]);
+        for ($xb, $yb, $extra) in $blocks {
+            let xdm = f16c_pair([$xb.d[0], $xb.d[1], $xb.m[0], $xb.m[1]]);
+            let yds = $yds;
             summs = _mm_fmadd_ps(xdm, yds, summs);
             let d0d1 = _mm256_broadcastss_ps(_mm_mul_ss(xdm, yds));
             // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
-            let tmp = unsafe { _mm_loadu_si128(xb.qs.as_ptr().cast()) };
+            let tmp = unsafe { _mm_loadu_si128($xb.qs.as_ptr().cast()) };
             // Low nibbles (elements 0..16) in the low half, high nibbles (16..32) in the high
             // half.
             let qx = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
             // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
-            let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
-            let xy = $mul_sum(qx, qy);
-            acc = _mm256_fmadd_ps(d0d1, xy, acc);
-        }
-        hsum_float_8(acc) + _mm_cvtss_f32(_mm_movehdup_ps(summs))
-    }};
-}
-
-/// [`q4_1_q8_1_body`] with the activation's `d` and `s` given as f32 pairs (`ads`, converted
-/// once per matmul for every weight row): the same lanes, roundings and order.
-macro_rules! q4_1_q8_1_pre_body {
-    ($x:expr, $y:expr, $ads:expr, $mul_sum:ident) => {{
-        let mut acc = _mm256_setzero_ps();
-        let mut summs = _mm_setzero_ps();
-        let low_mask = _mm256_set1_epi8(0x0F);
-        for ((xb, yb), ds) in $x.iter().zip($y).zip($ads.chunks_exact(2)) {
-            let xdm = f16c_pair([xb.d[0], xb.d[1], xb.m[0], xb.m[1]]);
-            // Lanes 0, 1 = d, s; 2, 3 = 0, as the F16 conversion of the pair gives.
-            let yds = _mm_setr_ps(ds[0], ds[1], 0.0, 0.0);
-            summs = _mm_fmadd_ps(xdm, yds, summs);
-            let d0d1 = _mm256_broadcastss_ps(_mm_mul_ss(xdm, yds));
-            // SAFETY: `qs` is 16 bytes, exactly one unaligned 128-bit load.
-            let tmp = unsafe { _mm_loadu_si128(xb.qs.as_ptr().cast()) };
-            let qx = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp));
-            // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
-            let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+            let qy = unsafe { _mm256_loadu_si256($yb.qs.as_ptr().cast()) };
             let xy = $mul_sum(qx, qy);
             acc = _mm256_fmadd_ps(d0d1, xy, acc);
         }
