@@ -71,6 +71,8 @@ pub(crate) type TiledFn = fn(
 );
 /// SwiGLU over a row (see [`crate::ops::swiglu_forward`]).
 pub(crate) type SwigluFn = fn(&mut [f32], &[f32], &[f32]);
+/// RoPE of one head (see [`crate::ops::rope_forward`]).
+pub(crate) type RopeFn = fn(&mut [f32], &[f32], crate::ops::RopeMode);
 /// Attention over a Q8_0 cache (see [`crate::attn_q8::attention_one_query_q8_0`]).
 pub(crate) type AttnQ8Fn =
     fn(&Kernels, &mut [f32], &mut [f32], &[u8], &[u8], &[u8], usize, usize, f32);
@@ -85,6 +87,7 @@ pub struct Kernels {
     pub(crate) to_f16: ToF16Fn,
     pub(crate) tiled: TiledFn,
     pub(crate) swiglu: SwigluFn,
+    pub(crate) rope: RopeFn,
     pub(crate) attn_q8: AttnQ8Fn,
 }
 
@@ -320,6 +323,7 @@ impl Kernels {
             to_f16: crate::ops::f32_to_f16_row,
             tiled: crate::tiled::attention_tiled_f16,
             swiglu: crate::ops::swiglu_forward,
+            rope: crate::ops::rope_forward,
             attn_q8: crate::attn_q8::attention_one_query_q8_0,
         })
     }
@@ -336,6 +340,7 @@ impl Kernels {
                 to_f16: crate::ops::f32_to_f16_row,
                 tiled: crate::tiled::attention_tiled_f16,
                 swiglu: crate::ops::swiglu_forward,
+                rope: crate::ops::rope_forward,
                 attn_q8: crate::attn_q8::attention_one_query_q8_0,
             };
             #[cfg(target_arch = "x86_64")]
@@ -405,6 +410,11 @@ impl Kernels {
     /// SwiGLU over a row, bit-identical to [`crate::ops::swiglu_forward`].
     pub fn swiglu(&self, y: &mut [f32], gate: &[f32], up: &[f32]) {
         (self.swiglu)(y, gate, up)
+    }
+
+    /// RoPE of one head in place, bit-identical to [`crate::ops::rope_forward`].
+    pub fn rope(&self, x: &mut [f32], cache: &[f32], mode: crate::ops::RopeMode) {
+        (self.rope)(x, cache, mode)
     }
 
     /// Converts an f32 row to F16 (round to nearest even).

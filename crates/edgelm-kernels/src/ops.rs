@@ -211,6 +211,7 @@ pub fn rope_cache(
 /// `fma(x0, c, −(x1·s))` and `x0·s + x1·c` becomes `fma(x0, s, x1·c)`. With separate
 /// multiplies the rotated values differ by an ulp now and then, enough to move edgelm's logits
 /// off llama.cpp's from position 4 on.
+#[inline]
 pub fn rope_forward(x: &mut [f32], cache: &[f32], mode: RopeMode) {
     let n_dims = cache.len();
     assert!(n_dims <= x.len(), "rope_forward: n_dims exceeds head dim");

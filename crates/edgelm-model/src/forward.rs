@@ -22,7 +22,7 @@
 //! single-token decodes (split-KV path) its rounding differs slightly from ours.
 
 use edgelm_gguf::GgmlType;
-use edgelm_kernels::ops::{self, rope_cache, rope_forward};
+use edgelm_kernels::ops::{self, rope_cache};
 use edgelm_kernels::tiled::{TiledScratch, Q_TILE};
 use edgelm_kernels::ThreadPool;
 use half::f16;
@@ -61,7 +61,7 @@ pub(crate) struct Scratch {
     up: Vec<f32>,
     /// silu(gate) * up [T, FF]
     hidden: Vec<f32>,
-    /// RoPE cos/sin [rope_dim].
+    /// RoPE cos/sin of each token's position [T, rope_dim].
     rope: Vec<f32>,
 }
 
@@ -80,7 +80,7 @@ impl Scratch {
             .max()
             .unwrap_or(0);
         let f32s =
-            t * (4 * cfg.n_embd + 2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.n_ff) + cfg.rope_dim;
+            t * (4 * cfg.n_embd + 2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.n_ff + cfg.rope_dim);
         [act, f32s, 0]
     }
 
@@ -134,7 +134,7 @@ impl Scratch {
             gate: vec![0.0; n(cfg.n_ff)?],
             up: vec![0.0; n(cfg.n_ff)?],
             hidden: vec![0.0; n(cfg.n_ff)?],
-            rope: vec![0.0; cfg.rope_dim],
+            rope: vec![0.0; n(cfg.rope_dim)?],
         })
     }
 }
@@ -271,10 +271,13 @@ fn forward_batch(
     for (il, l) in w.layers.iter().enumerate() {
         let _span = tracing::trace_span!("layer", il).entered();
         // 2a. attention norm
-        for t in 0..t_n {
-            let r = t * c..(t + 1) * c;
-            ops::rmsnorm_forward(&mut s.xn[r.clone()], &s.x[r], &l.attn_norm, cfg.rms_eps);
-        }
+        rmsnorm_rows(
+            pool,
+            &mut s.xn[..t_n * c],
+            &s.x[..t_n * c],
+            &l.attn_norm,
+            cfg.rms_eps,
+        );
         // 2b. Q, K, V
         let xn = &s.xn[..t_n * c];
         for m in [&l.wq, &l.wk, &l.wv] {
@@ -316,21 +319,23 @@ fn forward_batch(
                 &mut v_q8[il * q8_layer..(il + 1) * q8_layer],
             ),
         };
+        // Each token's cos/sin table, then its Q and K heads rotated: per token, so the
+        // tokens of a batch run in parallel (the same values as one after the other).
+        let rd = cfg.rope_dim;
+        let freqs = w.rope_freqs.as_deref();
+        pool.for_each_row_mut(&mut s.rope[..t_n * rd], rd, 8, |t, table| {
+            rope_cache(table, pos0 + t, theta_scale, cfg.rope_freq_scale, freqs);
+        });
+        let rope = &s.rope;
+        for (buf, width) in [(&mut s.q, qd), (&mut s.k, kvd)] {
+            pool.for_each_row_mut(&mut buf[..t_n * width], width, 8, |t, row| {
+                for head in row.chunks_exact_mut(d) {
+                    k_tab.rope(head, &rope[t * rd..(t + 1) * rd], mode);
+                }
+            });
+        }
         for t in 0..t_n {
             let p = pos0 + t;
-            rope_cache(
-                &mut s.rope,
-                p,
-                theta_scale,
-                cfg.rope_freq_scale,
-                w.rope_freqs.as_deref(),
-            );
-            for head in s.q[t * qd..(t + 1) * qd].chunks_exact_mut(d) {
-                rope_forward(head, &s.rope, mode);
-            }
-            for head in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(d) {
-                rope_forward(head, &s.rope, mode);
-            }
             for h in 0..cfg.n_head_kv {
                 let src = t * kvd + h * d;
                 match cache_type {
@@ -447,10 +452,13 @@ fn forward_batch(
         add_into(&mut s.x[..t_n * c], &s.proj[..t_n * c]);
 
         // 2f. feed-forward
-        for t in 0..t_n {
-            let r = t * c..(t + 1) * c;
-            ops::rmsnorm_forward(&mut s.xn[r.clone()], &s.x[r], &l.ffn_norm, cfg.rms_eps);
-        }
+        rmsnorm_rows(
+            pool,
+            &mut s.xn[..t_n * c],
+            &s.x[..t_n * c],
+            &l.ffn_norm,
+            cfg.rms_eps,
+        );
         let xn = &s.xn[..t_n * c];
         observe(&l.w_gate.name, xn, c);
         observe(&l.w_up.name, xn, c);
@@ -563,6 +571,14 @@ fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
             }
         }
     }
+}
+
+/// `y[t] = rmsnorm(x[t]) * weight` for every token row, the rows in parallel.
+fn rmsnorm_rows(pool: &ThreadPool, y: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let c = weight.len();
+    pool.for_each_row_mut(y, c, 8, |t, yr| {
+        ops::rmsnorm_forward(yr, &x[t * c..(t + 1) * c], weight, eps);
+    });
 }
 
 fn add_into(x: &mut [f32], y: &[f32]) {

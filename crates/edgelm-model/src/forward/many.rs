@@ -8,7 +8,7 @@
 //! (matmul rows are independent and the tile kernels are bit-identical to the single-row dot),
 //! so a sequence decoded here gets bit-for-bit the logits it would get alone.
 
-use edgelm_kernels::ops::{self, rope_cache, rope_forward};
+use edgelm_kernels::ops::{self, rope_cache};
 use edgelm_kernels::ThreadPool;
 use half::f16;
 
@@ -162,18 +162,19 @@ pub(crate) fn forward_decode<'b>(
         for (t, st) in seqs.iter_mut().enumerate() {
             let (p, n_ctx) = (st.pos, st.n_ctx);
             let layer_len = n_ctx * kvd;
+            let rope = &mut s.rope[..cfg.rope_dim];
             rope_cache(
-                &mut s.rope,
+                rope,
                 p,
                 theta_scale,
                 cfg.rope_freq_scale,
                 w.rope_freqs.as_deref(),
             );
             for head in s.q[t * qd..(t + 1) * qd].chunks_exact_mut(d) {
-                rope_forward(head, &s.rope, mode);
+                k_tab.rope(head, rope, mode);
             }
             for head in s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(d) {
-                rope_forward(head, &s.rope, mode);
+                k_tab.rope(head, rope, mode);
             }
             let kc = &mut st.k_cache[il * layer_len..(il + 1) * layer_len];
             let vc = &mut st.v_cache[il * layer_len..(il + 1) * layer_len];

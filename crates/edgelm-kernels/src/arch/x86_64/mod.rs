@@ -71,6 +71,7 @@ pub(crate) fn install(k: &mut Kernels) {
     k.to_f16 = f32_to_f16_avx2;
     k.tiled = tiled_avx2;
     k.swiglu = swiglu_avx2;
+    k.rope = rope_fma;
     k.attn_q8 = attn_q8_avx2;
     k.name = "avx2+fma+f16c";
     if vnni() {
@@ -1053,6 +1054,20 @@ i8w_4x4_entry!(
     unpack_q5_0_bits
 );
 
+/// Table entry: RoPE with its `mul_add`s as FMA instructions (a baseline build calls libm's
+/// `fmaf`, the same value behind a function call); FMA detected by `install`.
+fn rope_fma(x: &mut [f32], cache: &[f32], mode: crate::ops::RopeMode) {
+    // SAFETY: `install` put this function in the table only after detecting FMA.
+    unsafe { rope_fma_inner(x, cache, mode) }
+}
+
+/// # Safety
+/// The CPU must support FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rope_fma_inner(x: &mut [f32], cache: &[f32], mode: crate::ops::RopeMode) {
+    crate::ops::rope_forward(x, cache, mode)
+}
+
 /// Table entry: a Q5_0 row rewritten as Q8_0 blocks (the unpacked signed bytes and the same
 /// scale), as the scalar `quant::q5_0::to_q8_0` does (AVX2 detected by `install`).
 fn q5_0_to_q8_0_avx2(src: &[u8], dst: &mut [u8]) {
@@ -1572,6 +1587,33 @@ mod tests {
             let b1: Vec<u32> = y1.iter().map(|x| x.to_bits()).collect();
             let b2: Vec<u32> = y2.iter().map(|x| x.to_bits()).collect();
             assert_eq!(b1, b2, "n={n}");
+        }
+    }
+
+    /// RoPE with FMA instructions equals the scalar reference bit for bit (both modes, partial
+    /// rotation, large angles).
+    #[test]
+    fn rope_fma_is_bit_identical() {
+        if !simd_available() {
+            return;
+        }
+        let mut s = 29u64;
+        let mut r = || (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 8.0;
+        for mode in [crate::ops::RopeMode::Norm, crate::ops::RopeMode::Neox] {
+            for (d, n_dims) in [(64usize, 64usize), (64, 32), (128, 128), (8, 8)] {
+                for pos in [0usize, 1, 7, 4095] {
+                    let mut cache = vec![0.0f32; n_dims];
+                    let theta_scale = crate::ops::rope_theta_scale(10000.0, n_dims);
+                    crate::ops::rope_cache(&mut cache, pos, theta_scale, 1.0, None);
+                    let x: Vec<f32> = (0..d).map(|_| r()).collect();
+                    let (mut a, mut b) = (x.clone(), x);
+                    crate::ops::rope_forward(&mut a, &cache, mode);
+                    rope_fma(&mut b, &cache, mode);
+                    let a: Vec<u32> = a.iter().map(|v| v.to_bits()).collect();
+                    let b: Vec<u32> = b.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(a, b, "{mode:?} d={d} n_dims={n_dims} pos={pos}");
+                }
+            }
         }
     }
 
