@@ -1010,14 +1010,42 @@ macro_rules! i8w_4x4_body {
                 lane!(3, 0xFF);
             }
         }
-        let mut out = [[0.0f32; 4]; 4];
-        for r in 0..4 {
-            for j in 0..4 {
-                out[r][j] = hsum_float_8(acc[r][j]);
-            }
-        }
-        out
+        [
+            hsum4_float_8(acc[0]),
+            hsum4_float_8(acc[1]),
+            hsum4_float_8(acc[2]),
+            hsum4_float_8(acc[3]),
+        ]
     }};
+}
+
+/// `hsum_float_8` of four vectors at once, each sum associated exactly as `hsum_float_8`
+/// associates it ((hi + lo) halves, then (0 + 2) and (1 + 3), then the two): the halves of two
+/// vectors are added in one 256-bit add, the lanes reordered to (0, 2, 1, 3) so that two
+/// horizontal adds form the pairs and then the totals.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum4_float_8(v: [__m256; 4]) -> [f32; 4] {
+    let [a, b, c, d] = v;
+    // [a.lo + a.hi | b.lo + b.hi] and [c.lo + c.hi | d.lo + d.hi]
+    let ab = _mm256_add_ps(
+        _mm256_permute2f128_ps(a, b, 0x31),
+        _mm256_permute2f128_ps(a, b, 0x20),
+    );
+    let cd = _mm256_add_ps(
+        _mm256_permute2f128_ps(c, d, 0x31),
+        _mm256_permute2f128_ps(c, d, 0x20),
+    );
+    // Lanes (0, 2, 1, 3) in each half, so that hadd adds 0 + 2 and 1 + 3.
+    let ab = _mm256_permute_ps(ab, 0b11_01_10_00);
+    let cd = _mm256_permute_ps(cd, 0b11_01_10_00);
+    // [a02, a13, c02, c13 | b02, b13, d02, d13], then [a, c, a, c | b, d, b, d].
+    let pairs = _mm256_hadd_ps(ab, cd);
+    let sums = _mm256_hadd_ps(pairs, pairs);
+    let mut out = [0.0f32; 8];
+    // SAFETY: `out` holds 8 f32, one unaligned 256-bit store.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+    [out[0], out[4], out[1], out[5]]
 }
 
 macro_rules! i8w_4x4_entry {
@@ -1587,6 +1615,37 @@ mod tests {
             let b1: Vec<u32> = y1.iter().map(|x| x.to_bits()).collect();
             let b2: Vec<u32> = y2.iter().map(|x| x.to_bits()).collect();
             assert_eq!(b1, b2, "n={n}");
+        }
+    }
+
+    /// Four horizontal sums at once equal four `hsum_float_8` calls bit for bit (values of
+    /// mixed magnitudes, so that the association order shows).
+    #[test]
+    fn hsum4_matches_hsum_float_8() {
+        if !simd_available() {
+            return;
+        }
+        let mut s = 31u64;
+        for _ in 0..2000 {
+            let mut r = || {
+                let e = (lcg(&mut s) % 40) as i32 - 20;
+                (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 2f32.powi(e)
+            };
+            let lanes: [[f32; 8]; 4] = std::array::from_fn(|_| std::array::from_fn(|_| r()));
+            // SAFETY: AVX2 and FMA were detected above; each load reads 8 f32.
+            let (got, want) = unsafe {
+                let v = lanes.map(|l| _mm256_loadu_ps(l.as_ptr()));
+                (
+                    hsum4_float_8(v),
+                    [
+                        hsum_float_8(v[0]),
+                        hsum_float_8(v[1]),
+                        hsum_float_8(v[2]),
+                        hsum_float_8(v[3]),
+                    ],
+                )
+            };
+            assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "{lanes:?}");
         }
     }
 
