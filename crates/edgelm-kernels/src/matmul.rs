@@ -78,6 +78,8 @@ struct Prepared<'a> {
         crate::dispatch::VecDot4x4Fn,
         crate::dispatch::VecDotFn,
     )>,
+    /// Prompt batches: a 4 × 4 tile over rows packed once per group and token block.
+    packed: Option<crate::dispatch::PackedTile>,
     dot_pre: Option<crate::dispatch::VecDotPreFn>,
     dot_pre_rows: Option<crate::dispatch::VecDotPreRowsFn>,
     act_block_bytes: usize,
@@ -167,6 +169,7 @@ pub fn matmul_many(
                 }
                 None => None,
             },
+            packed: kernels().packed_tile(ty),
             dot_pre: row.vec_dot_pre,
             dot_pre_rows: row.vec_dot_pre_rows,
             act_block_bytes: act_ty.type_size(),
@@ -252,6 +255,21 @@ fn run_rows(
                     r += $rr;
                 }
             };
+        }
+        if let Some(tile) = &p.packed {
+            crate::packed::run_rows(
+                tile,
+                dot,
+                n_cols,
+                w,
+                w_row,
+                p.w_block_bytes,
+                &mut r,
+                rows.end,
+                (t0, t1),
+                act_row,
+                put,
+            );
         }
         // Q5_0 rows rewritten as Q8_0 once per 4-row group and token block, then Q8_0's tile:
         // the unpacking is shared by the whole token block instead of one token quad.
