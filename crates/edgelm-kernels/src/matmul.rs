@@ -227,6 +227,19 @@ fn run_rows(
         unsafe { *out_ptr.0.add(t * n_rows + r) = v };
     };
     let act_row = |t: usize| &act[t * a_row..(t + 1) * a_row];
+    // Prompt batches of K-quant rows: whole groups of four rows through the packed tile.
+    let mut rows = rows;
+    if let Some(tile) = &p.packed {
+        rows.start = crate::packed::run_rows(
+            tile,
+            (dot, n_cols),
+            (w, w_row, p.w_block_bytes),
+            rows.clone(),
+            n_tokens,
+            act_row,
+            put,
+        );
+    }
     // Blocks of tokens whose activations stay in L1 while this task's weight rows pass.
     for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
         let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
@@ -255,21 +268,6 @@ fn run_rows(
                     r += $rr;
                 }
             };
-        }
-        if let Some(tile) = &p.packed {
-            crate::packed::run_rows(
-                tile,
-                dot,
-                n_cols,
-                w,
-                w_row,
-                p.w_block_bytes,
-                &mut r,
-                rows.end,
-                (t0, t1),
-                act_row,
-                put,
-            );
         }
         // Q5_0 rows rewritten as Q8_0 once per 4-row group and token block, then Q8_0's tile:
         // the unpacking is shared by the whole token block instead of one token quad.

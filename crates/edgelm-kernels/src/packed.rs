@@ -3,6 +3,7 @@
 //! first use, then reused), then multiplied with the block's tokens four at a time.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use crate::dispatch::{PackedTile, VecDotFn};
 
@@ -11,30 +12,31 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Weight rows `*r..rows_end` (in whole groups of four; `*r` advances past the rows done) ×
-/// tokens `t0..t1`: `put(t, row, value)` for each. Tokens past the last whole quad go through
-/// `one` (the row's vector dot) on the unpacked rows. Does nothing for fewer than four tokens.
-#[allow(clippy::too_many_arguments)]
+/// Bytes of activations multiplied with each packed group of rows before the next block of
+/// tokens (they stay in L2 while the groups pass; more tokens per pack amortize the packing).
+const ACT_BYTES_PER_PACK: usize = 256 * 1024;
+
+/// The weight rows `rows` (`w`: rows of `w_row` bytes, blocks of `w_block_bytes`) × every
+/// token, in whole groups of four rows: `put(t, row, value)` for each. Tokens past the last
+/// whole quad go through `one` (the row's vector dot) on the unpacked rows. Returns the first
+/// row not done (`rows.start` when there are fewer than four tokens).
 pub(crate) fn run_rows<'a>(
     tile: &PackedTile,
-    one: VecDotFn,
-    n_cols: usize,
-    w: &[u8],
-    w_row: usize,
-    w_block_bytes: usize,
-    r: &mut usize,
-    rows_end: usize,
-    (t0, t1): (usize, usize),
+    (one, n_cols): (VecDotFn, usize),
+    (w, w_row, w_block_bytes): (&[u8], usize, usize),
+    rows: Range<usize>,
+    n_tokens: usize,
     act_row: impl Fn(usize) -> &'a [u8],
     put: impl Fn(usize, usize, f32),
-) {
-    if t1 < t0 + 4 || *r + 4 > rows_end || w_block_bytes == 0 {
-        return;
+) -> usize {
+    let n_groups = (rows.end - rows.start) / 4;
+    if n_tokens < 4 || n_groups == 0 || w_block_bytes == 0 {
+        return rows.start;
     }
     let len = w_row / w_block_bytes * tile.block_bytes;
     SCRATCH.with(|cell| {
         let Ok(mut buf) = cell.try_borrow_mut() else {
-            return; // not re-entered in practice; the caller's other paths take the rows
+            return rows.start; // not re-entered in practice; the caller's other paths run
         };
         if buf.len() < len + 64 {
             buf.resize(len + 64, 0);
@@ -42,29 +44,34 @@ pub(crate) fn run_rows<'a>(
         let off = buf.as_ptr().align_offset(64);
         let off = if off < 64 { off } else { 0 };
         let packed = &mut buf[off..off + len];
-        while *r + 4 <= rows_end {
-            let r0 = *r;
-            let wr: [&[u8]; 4] =
-                std::array::from_fn(|i| &w[(r0 + i) * w_row..(r0 + i + 1) * w_row]);
-            (tile.pack)(wr, packed);
-            let mut t = t0;
-            while t + 4 <= t1 {
-                let v = (tile.dot)(packed, std::array::from_fn(|j| act_row(t + j)));
-                for (i, vi) in v.into_iter().enumerate() {
-                    for (j, vj) in vi.into_iter().enumerate() {
-                        put(t + j, r0 + i, vj);
+        let quads_end = n_tokens / 4 * 4;
+        let per_pack = (ACT_BYTES_PER_PACK / act_row(0).len().max(1)).max(4) / 4 * 4;
+        for t0 in (0..quads_end).step_by(per_pack) {
+            let t1 = (t0 + per_pack).min(quads_end);
+            for g in 0..n_groups {
+                let r0 = rows.start + 4 * g;
+                let wr: [&[u8]; 4] =
+                    std::array::from_fn(|i| &w[(r0 + i) * w_row..(r0 + i + 1) * w_row]);
+                (tile.pack)(wr, packed);
+                for t in (t0..t1).step_by(4) {
+                    let v = (tile.dot)(packed, std::array::from_fn(|j| act_row(t + j)));
+                    for (i, vi) in v.into_iter().enumerate() {
+                        for (j, vj) in vi.into_iter().enumerate() {
+                            put(t + j, r0 + i, vj);
+                        }
                     }
                 }
-                t += 4;
-            }
-            for t in t..t1 {
-                for (i, w_i) in wr.iter().enumerate() {
-                    put(t, r0 + i, one(n_cols, w_i, act_row(t)));
+                if t1 == quads_end {
+                    for t in quads_end..n_tokens {
+                        for (i, w_i) in wr.iter().enumerate() {
+                            put(t, r0 + i, one(n_cols, w_i, act_row(t)));
+                        }
+                    }
                 }
             }
-            *r += 4;
         }
-    });
+        rows.start + 4 * n_groups
+    })
 }
 
 #[cfg(test)]
