@@ -98,6 +98,7 @@ mod tests {
                     (4, 3),
                     (18, 1),
                     (36, 66),
+                    (6, 903), // more tokens than one pack takes (448 at 512 columns)
                 ] {
                     let x: Vec<f32> = (0..n_tokens * n_cols)
                         .map(|_| (lcg(&mut s) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0)
