@@ -349,25 +349,25 @@ pub(crate) unsafe fn q6_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] 
 /// Table entry: packs four Q4_K rows (AVX2, FMA and F16C detected by `install`).
 pub(super) fn pack4_q4_k(w: [&[u8]; 4], dst: &mut [u8]) {
     // SAFETY: `install` put this function in the table only after detecting the features.
-    unsafe { pack_q4_k(w.map(|r| blocks::<BlockQ4K>(r)), dst) }
+    unsafe { pack_q4_k(w.map(blocks::<BlockQ4K>), dst) }
 }
 
 /// Table entry: packs four Q6_K rows (AVX2, FMA and F16C detected by `install`).
 pub(super) fn pack4_q6_k(w: [&[u8]; 4], dst: &mut [u8]) {
     // SAFETY: as above.
-    unsafe { pack_q6_k(w.map(|r| blocks::<BlockQ6K>(r)), dst) }
+    unsafe { pack_q6_k(w.map(blocks::<BlockQ6K>), dst) }
 }
 
 /// Table entry: packed Q4_K tile (AVX2, FMA, F16C, AVX-512 VNNI and VL detected by `install`).
 pub(super) fn tile_q4_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
-    let ys = a.map(|r| blocks::<BlockQ8K>(r));
+    let ys = a.map(blocks::<BlockQ8K>);
     // SAFETY: as above.
     unsafe { q4_k_tile(p, ys) }
 }
 
 /// Table entry: packed Q6_K tile (AVX2, FMA, F16C, AVX-512 VNNI and VL detected by `install`).
 pub(super) fn tile_q6_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
-    let ys = a.map(|r| blocks::<BlockQ8K>(r));
+    let ys = a.map(blocks::<BlockQ8K>);
     // SAFETY: as above.
     unsafe { q6_k_tile(p, ys) }
 }
@@ -404,7 +404,7 @@ mod tests {
                 (GgmlType::Q4_K, 1) => b[4..].fill(0x00),
                 (GgmlType::Q6_K, 0) => {
                     b[..192].fill(0xFF);
-                    let sc = if lcg(s) % 2 == 0 { 0x80 } else { 0x7F };
+                    let sc = if lcg(s).is_multiple_of(2) { 0x80 } else { 0x7F };
                     b[192..208].fill(sc);
                 }
                 (GgmlType::Q6_K, 1) => b[..192].fill(0x00),
@@ -419,7 +419,7 @@ mod tests {
     fn edge_activations(n: usize, s: &mut u64) -> Vec<u8> {
         match lcg(s) % 5 {
             0 | 1 => {
-                let v = if lcg(s) % 2 == 0 { -3.0 } else { 3.0 };
+                let v = if lcg(s).is_multiple_of(2) { -3.0 } else { 3.0 };
                 let x = vec![v; n];
                 let mut a = vec![0u8; crate::row_bytes(GgmlType::Q8_K, n).expect("bytes")];
                 crate::Kernels::scalar()
