@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 
 use super::{f16c, hsum_float_8};
-use crate::quant::{blocks, BlockQ4K, BlockQ6K, BlockQ8K};
+use crate::quant::{blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// Packed bytes of one Q4_K block of four rows: quants `[8 sub-blocks][4 rows][32]` (1024),
 /// scales `[8][4]` as two copies of the 16-bit scale in a u32 (128), mins `[4 rows][8]` i16
@@ -372,6 +372,153 @@ pub(super) fn tile_q6_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
     unsafe { q6_k_tile(p, ys) }
 }
 
+/// Packed bytes of one Q5_K block of four rows: quants (0..31) `[8 sub-blocks][4 rows][32]`,
+/// each sub-block permuted so that bytes `4l..4l+4` hold elements `l, l+8, l+16, l+24` (1024);
+/// scales `[8][4]` as two copies of the 16-bit scale in a u32 (128); `mins[g / 2]` for the 16
+/// activation groups `[4 rows][16]` i16 (128); `d` `[4]` f32 (16); `dmin` `[4]` f32 (16).
+pub(crate) const Q5K_PACKED: usize = 1312;
+const Q5K_SC: usize = 1024;
+const Q5K_MN: usize = 1152;
+const Q5K_D: usize = 1280;
+const Q5K_DM: usize = 1296;
+
+/// Byte `p` of a permuted 32-value sub-block is element `Q5K_PERM[p]` (`p = 4l + k` holds
+/// element `8k + l`): each 32-bit lane then sums exactly the elements the scalar dot's lane
+/// `l` (`aux32[l]`) sums.
+const Q5K_PERM: [u8; 32] = {
+    let mut t = [0u8; 32];
+    let mut p = 0;
+    while p < 32 {
+        t[p] = (8 * (p % 4) + p / 4) as u8;
+        p += 1;
+    }
+    t
+};
+
+/// Packs four Q5_K rows (`nb` blocks each) into `dst` (`nb * Q5K_PACKED` bytes).
+pub(crate) fn pack_q5_k(rows: [&[BlockQ5K]; 4], dst: &mut [u8]) {
+    let nb = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == nb) && dst.len() >= nb * Q5K_PACKED);
+    let mut a = [0u8; 256];
+    for (ib, pb) in dst.chunks_exact_mut(Q5K_PACKED).take(nb).enumerate() {
+        for (r, row) in rows.iter().enumerate() {
+            let xb = &row[ib];
+            crate::quant::q5_k::unpack_quants(xb, &mut a);
+            for j in 0..8 {
+                let o = 128 * j + 32 * r;
+                for (p, &e) in Q5K_PERM.iter().enumerate() {
+                    pb[o + p] = a[32 * j + e as usize];
+                }
+                let (sc, m) = crate::quant::scale_min_k4(j, &xb.scales);
+                let o = Q5K_SC + 16 * j + 4 * r;
+                pb[o..o + 4].copy_from_slice(&(sc as u32 * 0x0001_0001).to_le_bytes());
+                for g in [2 * j, 2 * j + 1] {
+                    let o = Q5K_MN + 32 * r + 2 * g;
+                    pb[o..o + 2].copy_from_slice(&(m as u16).to_le_bytes());
+                }
+            }
+            let o = Q5K_D + 4 * r;
+            pb[o..o + 4]
+                .copy_from_slice(&crate::f16_to_f32(u16::from_le_bytes(xb.d)).to_le_bytes());
+            let o = Q5K_DM + 4 * r;
+            pb[o..o + 4]
+                .copy_from_slice(&crate::f16_to_f32(u16::from_le_bytes(xb.dmin)).to_le_bytes());
+        }
+    }
+}
+
+/// Four packed Q5_K rows (`p`, from [`pack_q5_k`]) × four Q8_K rows: `out[r][t]` is
+/// bit-identical to the scalar `quant::q5_k::vec_dot(row r, ys[t])` (the table's Q5_K dot on
+/// x86-64): per block, `sums[l] += d * aux32[l]` (a multiply, then an add) in 8 lanes and
+/// `sumf -= dmin * sumi` (the min term, one lane per row); at the end `sumf += sums[l]` for
+/// `l` in order. The activations are permuted like the weights with one `vpermb` per chunk.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI, VL and VBMI.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512vbmi")]
+pub(crate) unsafe fn q5_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+    let nb = ys[0].len();
+    assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q5K_PACKED);
+    // SAFETY: 32 bytes, one unaligned 256-bit load.
+    let perm = unsafe { _mm256_loadu_si256(Q5K_PERM.as_ptr().cast()) };
+    let mut sums = [[_mm256_setzero_ps(); 4]; 4];
+    // [t]: lane r is row r's `sumf`.
+    let mut sumf = [_mm_setzero_ps(); 4];
+    for ib in 0..nb {
+        let pb = &p[ib * Q5K_PACKED..(ib + 1) * Q5K_PACKED];
+        let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
+        let mut aux = [[_mm256_setzero_si256(); 4]; 4];
+        for j in 0..8 {
+            let q: [__m256i; 4] = std::array::from_fn(|r| load(&pb[128 * j + 32 * r..]));
+            let sc: [__m256i; 4] = std::array::from_fn(|r| {
+                let o = Q5K_SC + 16 * j + 4 * r;
+                _mm256_set1_epi32(i32::from_le_bytes([pb[o], pb[o + 1], pb[o + 2], pb[o + 3]]))
+            });
+            for t in 0..4 {
+                // SAFETY: `qs` is 256 bytes; 32 * j + 32 <= 256.
+                let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * j).cast()) };
+                let y = _mm256_permutexvar_epi8(perm, y);
+                for r in 0..4 {
+                    let p16 = _mm256_maddubs_epi16(q[r], y);
+                    aux[r][t] = _mm256_dpwssd_epi32(aux[r][t], p16, sc[r]);
+                }
+            }
+        }
+        let xd = load_f32x4(&pb[Q5K_D..]);
+        let xdmin = load_f32x4(&pb[Q5K_DM..]);
+        let mn: [__m256i; 4] = std::array::from_fn(|r| load(&pb[Q5K_MN + 32 * r..]));
+        for t in 0..4 {
+            let yd = f32::from_le_bytes(yb[t].d);
+            // SAFETY: `bsums` is 16 i16 = 32 bytes.
+            let bs = unsafe { _mm256_loadu_si256(yb[t].bsums.as_ptr().cast()) };
+            // sumi of each row: sum over the 16 groups of bsum * min (exact integers).
+            let m: [__m256i; 4] = std::array::from_fn(|r| _mm256_madd_epi16(bs, mn[r]));
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]));
+            let sumi = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+            // sumf -= dmin * sumi, dmin = x.dmin * y.d.
+            let dmin = _mm_mul_ps(xdmin, _mm_set1_ps(yd));
+            sumf[t] = _mm_sub_ps(sumf[t], _mm_mul_ps(dmin, _mm_cvtepi32_ps(sumi)));
+            let d4 = _mm_mul_ps(xd, _mm_set1_ps(yd));
+            let d8 = _mm256_set_m128(d4, d4);
+            for r in 0..4 {
+                let d = lane_bcast(d8, r);
+                let prod = _mm256_mul_ps(d, _mm256_cvtepi32_ps(aux[r][t]));
+                sums[r][t] = _mm256_add_ps(sums[r][t], prod);
+            }
+        }
+    }
+    let mut out = [[0.0f32; 4]; 4];
+    for t in 0..4 {
+        let mut sf = [0.0f32; 4];
+        // SAFETY: 4 f32, one unaligned 128-bit store.
+        unsafe { _mm_storeu_ps(sf.as_mut_ptr(), sumf[t]) };
+        for r in 0..4 {
+            let mut l8 = [0.0f32; 8];
+            // SAFETY: 8 f32, one unaligned 256-bit store.
+            unsafe { _mm256_storeu_ps(l8.as_mut_ptr(), sums[r][t]) };
+            let mut v = sf[r];
+            for x in l8 {
+                v += x;
+            }
+            out[r][t] = v;
+        }
+    }
+    out
+}
+
+/// Table entry: packs four Q5_K rows.
+pub(super) fn pack4_q5_k(w: [&[u8]; 4], dst: &mut [u8]) {
+    pack_q5_k(w.map(blocks::<BlockQ5K>), dst)
+}
+
+/// Table entry: packed Q5_K tile (AVX2, FMA, F16C, AVX-512 VNNI, VL and VBMI detected by
+/// `install`).
+pub(super) fn tile_q5_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
+    let ys = a.map(blocks::<BlockQ8K>);
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { q5_k_tile(p, ys) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,7 +555,14 @@ mod tests {
                     b[192..208].fill(sc);
                 }
                 (GgmlType::Q6_K, 1) => b[..192].fill(0x00),
+                (GgmlType::Q5_K, 0) => b[4..].fill(0xFF),
+                (GgmlType::Q5_K, 1) => b[4..].fill(0x00),
                 _ => {}
+            }
+            if ty == GgmlType::Q5_K {
+                // dmin (the helper sets only d for this type): small and finite.
+                let v = (lcg(s) as f32 / (1u64 << 31) as f32 - 0.5) * 0.05;
+                b[2..4].copy_from_slice(&crate::f32_to_f16(v).to_le_bytes());
             }
         }
         w
@@ -428,6 +582,41 @@ mod tests {
                 a
             }
             _ => inputs::activations(GgmlType::Q8_K, n, s),
+        }
+    }
+
+    /// Q5_K: every element of the packed tile equals the table's dot (the scalar reference)
+    /// bit for bit.
+    #[test]
+    fn q5_k_tile_matches_scalar_dot() {
+        if !tiles_available() || !is_x86_feature_detected!("avx512vbmi") {
+            eprintln!("skipped: no AVX-512 VBMI");
+            return;
+        }
+        let mut s = 43u64;
+        for case in 0..48usize {
+            let nb = 1 + case % 5;
+            let n = 256 * nb;
+            let w: Vec<Vec<u8>> = (0..4)
+                .map(|_| edge_weights(GgmlType::Q5_K, n, &mut s))
+                .collect();
+            let a: Vec<Vec<u8>> = (0..4).map(|_| edge_activations(n, &mut s)).collect();
+            let wr: [&[u8]; 4] = std::array::from_fn(|r| w[r].as_slice());
+            let ar: [&[u8]; 4] = std::array::from_fn(|t| a[t].as_slice());
+            let mut packed: Vec<u8> = (0..nb * Q5K_PACKED).map(|_| lcg(&mut s) as u8).collect();
+            pack4_q5_k(wr, &mut packed);
+            let got = tile_q5_k(&packed, ar);
+            for r in 0..4 {
+                for t in 0..4 {
+                    let want = crate::quant::q5_k::vec_dot(blocks(wr[r]), blocks(ar[t]));
+                    assert_eq!(
+                        got[r][t].to_bits(),
+                        want.to_bits(),
+                        "case {case} r{r} t{t}: {} vs {want}",
+                        got[r][t]
+                    );
+                }
+            }
         }
     }
 

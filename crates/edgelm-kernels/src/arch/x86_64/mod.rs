@@ -111,7 +111,8 @@ pub(crate) fn install(k: &mut Kernels) {
     }
 }
 
-/// The packed K-quant 4 × 4 tiles (`ktile`; AVX-512 VNNI and VL checked by the caller).
+/// The packed K-quant 4 × 4 tiles (`ktile`; AVX-512 VNNI and VL checked by the caller; Q5_K's
+/// also needs VBMI).
 fn install_packed(k: &mut Kernels) {
     k.packed.push(crate::dispatch::PackedTile {
         ty: GgmlType::Q4_K,
@@ -125,6 +126,14 @@ fn install_packed(k: &mut Kernels) {
         pack: ktile::pack4_q6_k,
         dot: ktile::tile_q6_k,
     });
+    if is_x86_feature_detected!("avx512vbmi") {
+        k.packed.push(crate::dispatch::PackedTile {
+            ty: GgmlType::Q5_K,
+            block_bytes: ktile::Q5K_PACKED,
+            pack: ktile::pack4_q5_k,
+            dot: ktile::tile_q5_k,
+        });
+    }
 }
 
 /// ggml's AVX2 activation quantizer for one 32-value block, exactly as the scalar reference
