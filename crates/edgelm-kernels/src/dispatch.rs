@@ -28,6 +28,25 @@ pub(crate) type VecDotPreRowsFn = fn(usize, &[u8], &[u8], &[f32], &mut [f32]);
 pub(crate) type ToQ8_0Fn = fn(&[u8], &mut [u8]);
 /// Quantizes `x` into `dst` (exactly `row_bytes(ty, x.len())` bytes).
 pub(crate) type QuantizeFn = fn(&[f32], &mut [u8]);
+/// Rewrites four weight rows into a tile's own layout ([`PackedTile::block_bytes`] per block).
+pub(crate) type PackRows4Fn = fn([&[u8]; 4], &mut [u8]);
+/// Four packed weight rows against four activation rows; each result bit-identical to
+/// [`VecDotFn`]'s on the unpacked row.
+pub(crate) type PackedDot4x4Fn = fn(&[u8], [&[u8]; 4]) -> [[f32; 4]; 4];
+
+/// A 4 × 4 tile over weight rows rewritten ("packed") once per group of four rows and token
+/// block, for prompt batches (K-quants: the sub-blocks unpacked to bytes, scales to vectors).
+#[derive(Clone, Copy)]
+pub(crate) struct PackedTile {
+    /// Weight type.
+    pub(crate) ty: GgmlType,
+    /// Packed bytes per weight block of four rows.
+    pub(crate) block_bytes: usize,
+    /// The rewrite of four rows.
+    pub(crate) pack: PackRows4Fn,
+    /// The tile.
+    pub(crate) dot: PackedDot4x4Fn,
+}
 
 /// One row of the table.
 #[derive(Clone, Copy)]
@@ -89,6 +108,8 @@ pub struct Kernels {
     pub(crate) swiglu: SwigluFn,
     pub(crate) rope: RopeFn,
     pub(crate) attn_q8: AttnQ8Fn,
+    /// Packed 4 × 4 prompt tiles, by weight type (none in the scalar table).
+    pub(crate) packed: Vec<PackedTile>,
 }
 
 /// Every type with kernels, in the table's order.
@@ -325,6 +346,7 @@ impl Kernels {
             swiglu: crate::ops::swiglu_forward,
             rope: crate::ops::rope_forward,
             attn_q8: crate::attn_q8::attention_one_query_q8_0,
+            packed: Vec::new(),
         })
     }
 
@@ -342,6 +364,7 @@ impl Kernels {
                 swiglu: crate::ops::swiglu_forward,
                 rope: crate::ops::rope_forward,
                 attn_q8: crate::attn_q8::attention_one_query_q8_0,
+                packed: Vec::new(),
             };
             #[cfg(target_arch = "x86_64")]
             crate::arch::x86_64::install(&mut k);
@@ -420,6 +443,11 @@ impl Kernels {
     /// Converts an f32 row to F16 (round to nearest even).
     pub fn f32_to_f16_row(&self, dst: &mut [half::f16], src: &[f32]) {
         (self.to_f16)(dst, src)
+    }
+
+    /// The packed 4 × 4 prompt tile for weights of `ty`, where this table has one.
+    pub(crate) fn packed_tile(&self, ty: GgmlType) -> Option<PackedTile> {
+        self.packed.iter().find(|p| p.ty == ty).copied()
     }
 
     pub(crate) fn row(&self, ty: GgmlType, op: &'static str) -> Result<&KernelRow, KernelError> {

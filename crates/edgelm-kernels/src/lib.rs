@@ -24,6 +24,7 @@ mod error;
 mod matmul;
 pub mod membw;
 pub mod ops;
+mod packed;
 pub mod quant;
 mod spin;
 #[cfg(test)]

@@ -78,6 +78,8 @@ struct Prepared<'a> {
         crate::dispatch::VecDot4x4Fn,
         crate::dispatch::VecDotFn,
     )>,
+    /// Prompt batches: a 4 × 4 tile over rows packed once per group and token block.
+    packed: Option<crate::dispatch::PackedTile>,
     dot_pre: Option<crate::dispatch::VecDotPreFn>,
     dot_pre_rows: Option<crate::dispatch::VecDotPreRowsFn>,
     act_block_bytes: usize,
@@ -167,6 +169,7 @@ pub fn matmul_many(
                 }
                 None => None,
             },
+            packed: kernels().packed_tile(ty),
             dot_pre: row.vec_dot_pre,
             dot_pre_rows: row.vec_dot_pre_rows,
             act_block_bytes: act_ty.type_size(),
@@ -224,6 +227,19 @@ fn run_rows(
         unsafe { *out_ptr.0.add(t * n_rows + r) = v };
     };
     let act_row = |t: usize| &act[t * a_row..(t + 1) * a_row];
+    // Prompt batches of K-quant rows: whole groups of four rows through the packed tile.
+    let mut rows = rows;
+    if let Some(tile) = &p.packed {
+        rows.start = crate::packed::run_rows(
+            tile,
+            (dot, n_cols),
+            (w, w_row, p.w_block_bytes),
+            rows.clone(),
+            n_tokens,
+            act_row,
+            put,
+        );
+    }
     // Blocks of tokens whose activations stay in L1 while this task's weight rows pass.
     for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
         let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);

@@ -22,7 +22,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
 /// The 256 unsigned quants (0..32) of a block, in element order.
 #[inline(always)]
-fn unpack_quants(b: &BlockQ5K, a: &mut [u8; QK_K]) {
+pub(crate) fn unpack_quants(b: &BlockQ5K, a: &mut [u8; QK_K]) {
     for j in 0..QK_K / 64 {
         let u1 = 1u8 << (2 * j);
         let u2 = 2u8 << (2 * j);

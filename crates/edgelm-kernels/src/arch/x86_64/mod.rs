@@ -18,6 +18,7 @@ use crate::GgmlType;
 
 mod attn;
 mod kquants;
+mod ktile;
 
 /// Replaces the kernels this CPU can speed up and names the table.
 pub(crate) fn install(k: &mut Kernels) {
@@ -102,7 +103,37 @@ pub(crate) fn install(k: &mut Kernels) {
                 _ => {}
             }
         }
+        // K-quant prompt tiles over packed rows; `EDGELM_NO_PACKED` leaves them out (to
+        // measure the 1 × 4 vector dots they replace in the same build).
+        if std::env::var_os("EDGELM_NO_PACKED").is_none() {
+            install_packed(k);
+        }
         k.name = "avx2+fma+f16c+avx512vnni";
+    }
+}
+
+/// The packed K-quant 4 × 4 tiles (`ktile`; AVX-512 VNNI and VL checked by the caller; Q5_K's
+/// also needs VBMI).
+fn install_packed(k: &mut Kernels) {
+    k.packed.push(crate::dispatch::PackedTile {
+        ty: GgmlType::Q4_K,
+        block_bytes: ktile::Q4K_PACKED,
+        pack: ktile::pack4_q4_k,
+        dot: ktile::tile_q4_k,
+    });
+    k.packed.push(crate::dispatch::PackedTile {
+        ty: GgmlType::Q6_K,
+        block_bytes: ktile::Q6K_PACKED,
+        pack: ktile::pack4_q6_k,
+        dot: ktile::tile_q6_k,
+    });
+    if is_x86_feature_detected!("avx512vbmi") {
+        k.packed.push(crate::dispatch::PackedTile {
+            ty: GgmlType::Q5_K,
+            block_bytes: ktile::Q5K_PACKED,
+            pack: ktile::pack4_q5_k,
+            dot: ktile::tile_q5_k,
+        });
     }
 }
 
