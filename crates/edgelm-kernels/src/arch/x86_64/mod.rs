@@ -65,6 +65,7 @@ pub(crate) fn install(k: &mut Kernels) {
         match row.ty {
             GgmlType::Q8_0 => row.quantize = Some(quantize_q8_0_avx2),
             GgmlType::Q8_1 => row.quantize = Some(quantize_q8_1_avx2),
+            GgmlType::Q8_K => row.quantize = Some(quantize_q8_k_avx2),
             _ => {}
         }
     }
@@ -207,6 +208,92 @@ fn quantize_q8_1_avx2(x: &[f32], dst: &mut [u8]) {
         b.d = crate::f32_to_f16(d).to_le_bytes();
         b.s = crate::f32_to_f16(d * sum as f32).to_le_bytes();
     }
+}
+
+/// Table entry: Q8_K activation quantizer (AVX2 detected by `install`), byte for byte the
+/// scalar `quant::q8_k::quantize_row`.
+fn quantize_q8_k_avx2(x: &[f32], dst: &mut [u8]) {
+    let y: &mut [BlockQ8K] = blocks_mut(dst);
+    assert_eq!(x.len(), y.len() * 256, "quantize_q8_k: lengths");
+    for (b, xb) in y.iter_mut().zip(x.chunks_exact(256)) {
+        // SAFETY: `install` put this function in the table only after detecting AVX2.
+        unsafe { quantize_q8_k_block(xb, b) };
+    }
+}
+
+/// One Q8_K block as the scalar reference computes it: the value of largest magnitude (the
+/// first one, NaN skipped: `max(new, acc)` keeps `acc` for a NaN `new`, and NaN never compares
+/// equal), `iscale = -127 / max`, each quant `nearest_int(iscale * x)` by the same 1.5·2^23 bit
+/// trick, clamped to [-128, 127], the 16-quant sums, `d = 1 / iscale`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_q8_k_block(x: &[f32], b: &mut BlockQ8K) {
+    assert_eq!(x.len(), 256, "quantize_q8_k: 256 values");
+    let load = |k: usize| {
+        // SAFETY: k < 32, so the 8 floats from 8k lie inside x's 256.
+        unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * k)) }
+    };
+    let sign = _mm256_set1_ps(-0.0);
+    let mut acc = _mm256_setzero_ps();
+    for k in 0..32 {
+        acc = _mm256_max_ps(_mm256_andnot_ps(sign, load(k)), acc);
+    }
+    let mut m4 = _mm_max_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    let amax = _mm_cvtss_f32(m4);
+    if amax == 0.0 {
+        b.d = 0.0f32.to_le_bytes();
+        b.qs = [0; 256];
+        b.bsums = [[0; 2]; 16];
+        return;
+    }
+    let am = _mm256_set1_ps(amax);
+    let mut max = 0.0f32;
+    for k in 0..32 {
+        let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+            _mm256_andnot_ps(sign, load(k)),
+            am,
+        ));
+        if hit != 0 {
+            max = x[8 * k + hit.trailing_zeros() as usize];
+            break;
+        }
+    }
+    let iscale = -127.0 / max;
+    let vs = _mm256_set1_ps(iscale);
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let (mant, half) = (
+        _mm256_set1_epi32(0x007f_ffff),
+        _mm256_set1_epi32(0x0040_0000),
+    );
+    let (lo, hi) = (_mm256_set1_epi32(-128), _mm256_set1_epi32(127));
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for g in 0..8 {
+        let q: [__m256i; 4] = std::array::from_fn(|j| {
+            let val = _mm256_add_ps(_mm256_mul_ps(load(4 * g + j), vs), magic);
+            let i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(val), mant), half);
+            _mm256_min_epi32(_mm256_max_epi32(i, lo), hi)
+        });
+        // Sums of quants 16 at a time (exact in i32; the reference stores them as i16).
+        for h in 0..2 {
+            let s = _mm256_add_epi32(q[2 * h], q[2 * h + 1]);
+            let s = _mm_add_epi32(_mm256_extracti128_si256(s, 1), _mm256_castsi256_si128(s));
+            let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<1>(s));
+            b.bsums[2 * g + h] = (_mm_cvtsi128_si32(s) as i16).to_le_bytes();
+        }
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, perm);
+        // SAFETY: 32 bytes from 32g lie inside qs's 256: one unaligned 256-bit store.
+        unsafe { _mm256_storeu_si256(b.qs.as_mut_ptr().add(32 * g).cast(), p) };
+    }
+    b.d = (1.0 / iscale).to_le_bytes();
 }
 
 /// AVX-512 VNNI on 256-bit vectors (with AVX2, FMA and F16C, checked by the caller), unless
@@ -1599,12 +1686,46 @@ mod tests {
                 .map(|i| if i == 9 { f32::NEG_INFINITY } else { f32::NAN })
                 .collect(),
         );
-        for (ty, f) in [
+        // Q8_K takes 256-value blocks: the rows above, each repeated to 256 values (and a
+        // few blocks in which the extreme value sits late or appears twice with both signs).
+        let mut rows_k: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|r| r.iter().copied().cycle().take(256).collect())
+            .collect();
+        for n_blocks in 1..4 {
+            rows_k.push(crate::testutil::rand_vec(256 * n_blocks, 4.0, &mut s));
+        }
+        rows_k.push(
+            (0..256)
+                .map(|i| if i == 250 { -9.0 } else { 1.0 })
+                .collect(),
+        );
+        rows_k.push(
+            (0..256)
+                .map(|i| match i {
+                    40 => 7.0,
+                    41 => -7.0,
+                    _ => 0.5,
+                })
+                .collect(),
+        );
+        rows_k.push(
+            (0..256)
+                .map(|i| match i {
+                    7 => -7.0,
+                    200 => 7.0,
+                    _ => f32::NAN,
+                })
+                .collect(),
+        );
+        for (ty, f, rows) in [
             (
                 GgmlType::Q8_0,
                 quantize_q8_0_avx2 as crate::dispatch::QuantizeFn,
+                &rows,
             ),
-            (GgmlType::Q8_1, quantize_q8_1_avx2),
+            (GgmlType::Q8_1, quantize_q8_1_avx2, &rows),
+            (GgmlType::Q8_K, quantize_q8_k_avx2, &rows_k),
         ] {
             for (k, x) in rows.iter().enumerate() {
                 let n = crate::row_bytes(ty, x.len()).expect("bytes");
