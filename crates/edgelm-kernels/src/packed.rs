@@ -79,9 +79,9 @@ mod tests {
     use crate::testutil::lcg;
     use crate::{kernels, matmul, quantize_activations, row_bytes, GgmlType, ThreadPool};
 
-    /// Q4_K, Q6_K, Q5_K and Q2_K prompt batches (the packed tile where the table has one, and every tail:
-    /// rows % 4, tokens % 4, fewer than 4 tokens, more than one token block): each element
-    /// equals the table's single-row dot bit for bit.
+    /// K-quant prompt batches (Q4_K, Q6_K, Q5_K, Q2_K, Q3_K; the packed tile where the table
+    /// has one, and every tail: rows % 4, tokens % 4, fewer than 4 tokens, more tokens than one
+    /// pack takes): each element equals the table's single-row dot bit for bit.
     #[test]
     fn packed_batches_equal_single_dots() {
         let k = kernels();
@@ -94,6 +94,7 @@ mod tests {
                 GgmlType::Q6_K,
                 GgmlType::Q5_K,
                 GgmlType::Q2_K,
+                GgmlType::Q3_K,
             ] {
                 let act_ty = k.vec_dot_type(ty).expect("act");
                 for (n_rows, n_tokens) in [
@@ -116,6 +117,8 @@ mod tests {
                     for b in w.chunks_exact_mut(ts) {
                         let offsets: &[usize] = if ty == GgmlType::Q2_K {
                             &[ts - 4, ts - 2]
+                        } else if ty == GgmlType::Q3_K {
+                            &[ts - 2]
                         } else if ty != GgmlType::Q6_K {
                             &[0, 2]
                         } else {

@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 
 use super::{f16c, hsum_float_8};
-use crate::quant::{blocks, BlockQ2K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use crate::quant::{blocks, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// Packed bytes of one Q4_K block of four rows: quants `[8 sub-blocks][4 rows][32]` (1024),
 /// scales `[8][4]` as two copies of the 16-bit scale in a u32 (128), mins `[4 rows][8]` i16
@@ -640,6 +640,135 @@ pub(super) fn tile_q2_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
     unsafe { q2_k_tile(p, ys) }
 }
 
+/// Packed bytes of one Q3_K block of four rows: the quants times their group scale
+/// (`(scale - 32) * q`, in -124..=128) as i16, `[8 chunks][4 rows][2][16]` (2048): per chunk
+/// of 32 values, half 0 holds elements `m, m + 8` (m = 0..8) at i16 positions `2m, 2m + 1`,
+/// half 1 elements `16 + m, 24 + m`, so that 32-bit lane `m` of both sums exactly the elements
+/// the scalar dot's lane `m` (`aux32[m]`) sums; then `d` `[4]` f32 (16), padding (16).
+pub(crate) const Q3K_PACKED: usize = 2080;
+const Q3K_D: usize = 2048;
+
+/// In-lane byte shuffle of an activation chunk into the i8 order of [`Q3K_PACKED`]'s halves
+/// (byte `p` of each 128-bit half takes byte `(p % 2) * 8 + p / 2`).
+const Q3K_SHUF: [u8; 32] = {
+    let mut t = [0u8; 32];
+    let mut p = 0;
+    while p < 32 {
+        let q = p % 16;
+        t[p] = ((q % 2) * 8 + q / 2) as u8;
+        p += 1;
+    }
+    t
+};
+
+/// Packs four Q3_K rows (`nb` blocks each) into `dst` (`nb * Q3K_PACKED` bytes).
+pub(crate) fn pack_q3_k(rows: [&[BlockQ3K]; 4], dst: &mut [u8]) {
+    let nb = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == nb) && dst.len() >= nb * Q3K_PACKED);
+    let mut a = [0i8; 256];
+    for (ib, pb) in dst.chunks_exact_mut(Q3K_PACKED).take(nb).enumerate() {
+        for (r, row) in rows.iter().enumerate() {
+            let xb = &row[ib];
+            crate::quant::q3_k::unpack_quants(xb, &mut a);
+            let scales = crate::quant::q3_k::unpack_scales(&xb.scales);
+            for c in 0..8 {
+                for h in 0..2 {
+                    let sc = scales[2 * c + h] as i16 - 32;
+                    // i16 index of the half's first value.
+                    let o = ((4 * c + r) * 2 + h) * 16;
+                    for m in 0..8 {
+                        for k in 0..2 {
+                            let e = 32 * c + 16 * h + 8 * k + m;
+                            let v = (sc * a[e] as i16).to_le_bytes();
+                            let at = 2 * (o + 2 * m + k);
+                            pb[at..at + 2].copy_from_slice(&v);
+                        }
+                    }
+                }
+            }
+            let o = Q3K_D + 4 * r;
+            pb[o..o + 4]
+                .copy_from_slice(&crate::f16_to_f32(u16::from_le_bytes(xb.d)).to_le_bytes());
+        }
+    }
+}
+
+/// Four packed Q3_K rows (`p`, from [`pack_q3_k`]) × four Q8_K rows: `out[r][t]` is
+/// bit-identical to the scalar `quant::q3_k::vec_dot(row r, ys[t])` (the table's Q3_K dot):
+/// per block `sums[l] += d * aux32[l]` (a multiply, then an add) in 8 lanes, and at the end
+/// `0 + sums[0] + ... + sums[7]` in order. Two `vpdpwssd` per chunk on 16-bit values.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI and VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub(crate) unsafe fn q3_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+    let nb = ys[0].len();
+    assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q3K_PACKED);
+    // SAFETY: 32 bytes, one unaligned 256-bit load.
+    let shuf = unsafe { _mm256_loadu_si256(Q3K_SHUF.as_ptr().cast()) };
+    let mut sums = [[_mm256_setzero_ps(); 4]; 4];
+    for ib in 0..nb {
+        let pb = &p[ib * Q3K_PACKED..(ib + 1) * Q3K_PACKED];
+        let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
+        let mut aux = [[_mm256_setzero_si256(); 4]; 4];
+        for c in 0..8 {
+            let w: [[__m256i; 2]; 4] = std::array::from_fn(|r| {
+                [
+                    load(&pb[256 * c + 64 * r..]),
+                    load(&pb[256 * c + 64 * r + 32..]),
+                ]
+            });
+            for t in 0..4 {
+                // SAFETY: `qs` is 256 bytes; 32 * c + 32 <= 256.
+                let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * c).cast()) };
+                let y = _mm256_shuffle_epi8(y, shuf);
+                let y0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(y));
+                let y1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(y));
+                for r in 0..4 {
+                    aux[r][t] = _mm256_dpwssd_epi32(aux[r][t], w[r][0], y0);
+                    aux[r][t] = _mm256_dpwssd_epi32(aux[r][t], w[r][1], y1);
+                }
+            }
+        }
+        let xd = load_f32x4(&pb[Q3K_D..]);
+        for t in 0..4 {
+            let d4 = _mm_mul_ps(xd, _mm_set1_ps(f32::from_le_bytes(yb[t].d)));
+            let d8 = _mm256_set_m128(d4, d4);
+            for r in 0..4 {
+                let d = lane_bcast(d8, r);
+                let prod = _mm256_mul_ps(d, _mm256_cvtepi32_ps(aux[r][t]));
+                sums[r][t] = _mm256_add_ps(sums[r][t], prod);
+            }
+        }
+    }
+    let mut out = [[0.0f32; 4]; 4];
+    for t in 0..4 {
+        for r in 0..4 {
+            let mut l8 = [0.0f32; 8];
+            // SAFETY: 8 f32, one unaligned 256-bit store.
+            unsafe { _mm256_storeu_ps(l8.as_mut_ptr(), sums[r][t]) };
+            let mut v = 0.0f32;
+            for x in l8 {
+                v += x;
+            }
+            out[r][t] = v;
+        }
+    }
+    out
+}
+
+/// Table entry: packs four Q3_K rows.
+pub(super) fn pack4_q3_k(w: [&[u8]; 4], dst: &mut [u8]) {
+    pack_q3_k(w.map(blocks::<BlockQ3K>), dst)
+}
+
+/// Table entry: packed Q3_K tile (AVX2, FMA, F16C, AVX-512 VNNI and VL detected by `install`).
+pub(super) fn tile_q3_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
+    let ys = a.map(blocks::<BlockQ8K>);
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { q3_k_tile(p, ys) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,12 +809,16 @@ mod tests {
                 (GgmlType::Q5_K, 1) => b[4..].fill(0x00),
                 (GgmlType::Q2_K, 0) => b[..80].fill(0xFF),
                 (GgmlType::Q2_K, 1) => b[16..80].fill(0x00),
+                // Quants all -4 (high bits clear) with scales 0 (-32): products of 128.
+                (GgmlType::Q3_K, 0) => b[..108].fill(0x00),
+                (GgmlType::Q3_K, 1) => b[..108].fill(0xFF),
                 _ => {}
             }
             // d and dmin where the helper sets only one f16 field: small and finite.
             let f16_fields: &[usize] = match ty {
                 GgmlType::Q5_K => &[2],
                 GgmlType::Q2_K => &[80, 82],
+                GgmlType::Q3_K => &[108],
                 _ => &[],
             };
             for &o in f16_fields {
@@ -713,22 +846,18 @@ mod tests {
         }
     }
 
-    /// Q5_K and Q2_K: every element of the packed tiles equals the table's dot (the scalar
-    /// reference on x86-64) bit for bit.
+    /// Q5_K, Q2_K and Q3_K: every element of the packed tiles equals the table's dot (the
+    /// scalar reference on x86-64) bit for bit.
     #[test]
-    fn q5_k_and_q2_k_tiles_match_scalar_dots() {
+    fn q5_k_q2_k_q3_k_tiles_match_scalar_dots() {
         if !tiles_available() {
             return;
         }
         let mut s = 43u64;
-        for case in 0..96usize {
+        for case in 0..144usize {
             let nb = 1 + case % 5;
             let n = 256 * nb;
-            let ty = if case % 2 == 0 {
-                GgmlType::Q5_K
-            } else {
-                GgmlType::Q2_K
-            };
+            let ty = [GgmlType::Q5_K, GgmlType::Q2_K, GgmlType::Q3_K][case % 3];
             if ty == GgmlType::Q5_K && !is_x86_feature_detected!("avx512vbmi") {
                 eprintln!("skipped Q5_K: no AVX-512 VBMI");
                 continue;
@@ -743,6 +872,7 @@ mod tests {
                 crate::dispatch::PackedDot4x4Fn,
             ) = match ty {
                 GgmlType::Q5_K => (Q5K_PACKED, pack4_q5_k, tile_q5_k),
+                GgmlType::Q3_K => (Q3K_PACKED, pack4_q3_k, tile_q3_k),
                 _ => (Q2K_PACKED, pack4_q2_k, tile_q2_k),
             };
             let mut packed: Vec<u8> = (0..nb * bytes).map(|_| lcg(&mut s) as u8).collect();
@@ -752,6 +882,7 @@ mod tests {
                 for t in 0..4 {
                     let want = match ty {
                         GgmlType::Q5_K => crate::quant::q5_k::vec_dot(blocks(wr[r]), blocks(ar[t])),
+                        GgmlType::Q3_K => crate::quant::q3_k::vec_dot(blocks(wr[r]), blocks(ar[t])),
                         _ => crate::quant::q2_k::vec_dot(blocks(wr[r]), blocks(ar[t])),
                     };
                     assert_eq!(
