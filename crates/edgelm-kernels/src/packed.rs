@@ -79,9 +79,9 @@ mod tests {
     use crate::testutil::lcg;
     use crate::{kernels, matmul, quantize_activations, row_bytes, GgmlType, ThreadPool};
 
-    /// Q4_K, Q6_K and Q5_K prompt batches (the packed tile where the table has one, and every tail:
-    /// rows % 4, tokens % 4, fewer than 4 tokens, more than one token block): each element
-    /// equals the table's single-row dot bit for bit.
+    /// K-quant prompt batches (Q4_K, Q6_K, Q5_K, Q2_K, Q3_K; the packed tile where the table
+    /// has one, and every tail: rows % 4, tokens % 4, fewer than 4 tokens, more tokens than one
+    /// pack takes): each element equals the table's single-row dot bit for bit.
     #[test]
     fn packed_batches_equal_single_dots() {
         let k = kernels();
@@ -89,7 +89,13 @@ mod tests {
         let n_cols = 512;
         for threads in [1usize, 2] {
             let pool = ThreadPool::new(threads).expect("pool");
-            for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_K] {
+            for ty in [
+                GgmlType::Q4_K,
+                GgmlType::Q6_K,
+                GgmlType::Q5_K,
+                GgmlType::Q2_K,
+                GgmlType::Q3_K,
+            ] {
                 let act_ty = k.vec_dot_type(ty).expect("act");
                 for (n_rows, n_tokens) in [
                     (23usize, 37usize),
@@ -109,7 +115,11 @@ mod tests {
                     let mut w: Vec<u8> = (0..n_rows * wr).map(|_| lcg(&mut s) as u8).collect();
                     let ts = ty.type_size();
                     for b in w.chunks_exact_mut(ts) {
-                        let offsets: &[usize] = if ty != GgmlType::Q6_K {
+                        let offsets: &[usize] = if ty == GgmlType::Q2_K {
+                            &[ts - 4, ts - 2]
+                        } else if ty == GgmlType::Q3_K {
+                            &[ts - 2]
+                        } else if ty != GgmlType::Q6_K {
                             &[0, 2]
                         } else {
                             &[ts - 2]

@@ -44,7 +44,7 @@ pub(crate) fn unpack_scales(s: &[u8; 12]) -> [i8; 16] {
 
 /// The 256 signed quants (-4..=3) of a block, in element order.
 #[inline(always)]
-fn unpack_quants(b: &BlockQ3K, a: &mut [i8; QK_K]) {
+pub(crate) fn unpack_quants(b: &BlockQ3K, a: &mut [i8; QK_K]) {
     let mut m = 1u8;
     let mut out = 0;
     for n in 0..QK_K / 128 {

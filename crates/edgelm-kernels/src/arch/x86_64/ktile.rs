@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 
 use super::{f16c, hsum_float_8};
-use crate::quant::{blocks, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use crate::quant::{blocks, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// Packed bytes of one Q4_K block of four rows: quants `[8 sub-blocks][4 rows][32]` (1024),
 /// scales `[8][4]` as two copies of the 16-bit scale in a u32 (128), mins `[4 rows][8]` i16
@@ -473,8 +473,7 @@ pub(crate) unsafe fn q5_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] 
             let bs = unsafe { _mm256_loadu_si256(yb[t].bsums.as_ptr().cast()) };
             // sumi of each row: sum over the 16 groups of bsum * min (exact integers).
             let m: [__m256i; 4] = std::array::from_fn(|r| _mm256_madd_epi16(bs, mn[r]));
-            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]));
-            let sumi = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+            let sumi = hsum_i32x8x4(m);
             // sumf -= dmin * sumi, dmin = x.dmin * y.d.
             let dmin = _mm_mul_ps(xdmin, _mm_set1_ps(yd));
             sumf[t] = _mm_sub_ps(sumf[t], _mm_mul_ps(dmin, _mm_cvtepi32_ps(sumi)));
@@ -519,6 +518,257 @@ pub(super) fn tile_q5_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
     unsafe { q5_k_tile(p, ys) }
 }
 
+/// Packed bytes of one Q2_K block of four rows: quants (0..3) `[8 chunks][4 rows][32]` in
+/// element order (1024); group scales `[8][4]` as 16 i16 lanes (8 × the chunk's first 16-value
+/// group's scale, 8 × the second's) (1024); the 16 group mins `[4 rows][16]` i16 (128); `d`
+/// `[4]` f32 (16); `dmin` `[4]` f32 (16).
+pub(crate) const Q2K_PACKED: usize = 2208;
+const Q2K_SC: usize = 1024;
+const Q2K_MN: usize = 2048;
+const Q2K_D: usize = 2176;
+const Q2K_DM: usize = 2192;
+
+/// Packs four Q2_K rows (`nb` blocks each) into `dst` (`nb * Q2K_PACKED` bytes).
+pub(crate) fn pack_q2_k(rows: [&[BlockQ2K]; 4], dst: &mut [u8]) {
+    let nb = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == nb) && dst.len() >= nb * Q2K_PACKED);
+    for (ib, pb) in dst.chunks_exact_mut(Q2K_PACKED).take(nb).enumerate() {
+        for (r, row) in rows.iter().enumerate() {
+            let xb = &row[ib];
+            for c in 0..8 {
+                // Chunk c: elements 32c.., the bits at 2 * (c % 4) of bytes 32 * (c / 4)...
+                let (k, shift) = (c / 4, 2 * (c % 4));
+                let o = 128 * c + 32 * r;
+                for l in 0..32 {
+                    pb[o + l] = (xb.qs[32 * k + l] >> shift) & 3;
+                }
+                let o = Q2K_SC + 128 * c + 32 * r;
+                for (h, g) in [2 * c, 2 * c + 1].into_iter().enumerate() {
+                    let v = ((xb.scales[g] & 0xF) as u16).to_le_bytes();
+                    for e in 0..8 {
+                        pb[o + 16 * h + 2 * e..o + 16 * h + 2 * e + 2].copy_from_slice(&v);
+                    }
+                }
+            }
+            for g in 0..16 {
+                let o = Q2K_MN + 32 * r + 2 * g;
+                pb[o..o + 2].copy_from_slice(&((xb.scales[g] >> 4) as u16).to_le_bytes());
+            }
+            let o = Q2K_D + 4 * r;
+            pb[o..o + 4]
+                .copy_from_slice(&crate::f16_to_f32(u16::from_le_bytes(xb.d)).to_le_bytes());
+            let o = Q2K_DM + 4 * r;
+            pb[o..o + 4]
+                .copy_from_slice(&crate::f16_to_f32(u16::from_le_bytes(xb.dmin)).to_le_bytes());
+        }
+    }
+}
+
+/// The sums of the 8 lanes of each of four vectors (exact integers), as four lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32x8x4(m: [__m256i; 4]) -> __m128i {
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
+/// Four packed Q2_K rows (`p`, from [`pack_q2_k`]) × four Q8_K rows: `out[r][t]` is
+/// bit-identical to the scalar `quant::q2_k::vec_dot(row r, ys[t])` (the table's Q2_K dot):
+/// per block the exact integers `isum` (scaled group dots) and `summs` (bsums × mins), then
+/// `sumf += dall * isum - dmin * summs`, one lane per row.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI and VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub(crate) unsafe fn q2_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+    let nb = ys[0].len();
+    assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q2K_PACKED);
+    // [t]: lane r is row r's `sumf`.
+    let mut sumf = [_mm_setzero_ps(); 4];
+    for ib in 0..nb {
+        let pb = &p[ib * Q2K_PACKED..(ib + 1) * Q2K_PACKED];
+        let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
+        let mut isum = [[_mm256_setzero_si256(); 4]; 4];
+        for c in 0..8 {
+            let q: [__m256i; 4] = std::array::from_fn(|r| load(&pb[128 * c + 32 * r..]));
+            let sc: [__m256i; 4] = std::array::from_fn(|r| load(&pb[Q2K_SC + 128 * c + 32 * r..]));
+            for t in 0..4 {
+                // SAFETY: `qs` is 256 bytes; 32 * c + 32 <= 256.
+                let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * c).cast()) };
+                for r in 0..4 {
+                    let p16 = _mm256_maddubs_epi16(q[r], y);
+                    isum[r][t] = _mm256_dpwssd_epi32(isum[r][t], p16, sc[r]);
+                }
+            }
+        }
+        let xd = load_f32x4(&pb[Q2K_D..]);
+        let xdmin = load_f32x4(&pb[Q2K_DM..]);
+        let mn: [__m256i; 4] = std::array::from_fn(|r| load(&pb[Q2K_MN + 32 * r..]));
+        for t in 0..4 {
+            let yd = _mm_set1_ps(f32::from_le_bytes(yb[t].d));
+            // SAFETY: `bsums` is 16 i16 = 32 bytes.
+            let bs = unsafe { _mm256_loadu_si256(yb[t].bsums.as_ptr().cast()) };
+            let summs = hsum_i32x8x4(std::array::from_fn(|r| _mm256_madd_epi16(bs, mn[r])));
+            let is = hsum_i32x8x4(std::array::from_fn(|r| isum[r][t]));
+            // dall = y.d * x.d, dmin = y.d * x.dmin.
+            let a = _mm_mul_ps(_mm_mul_ps(yd, xd), _mm_cvtepi32_ps(is));
+            let b = _mm_mul_ps(_mm_mul_ps(yd, xdmin), _mm_cvtepi32_ps(summs));
+            sumf[t] = _mm_add_ps(sumf[t], _mm_sub_ps(a, b));
+        }
+    }
+    let mut out = [[0.0f32; 4]; 4];
+    for t in 0..4 {
+        let mut sf = [0.0f32; 4];
+        // SAFETY: 4 f32, one unaligned 128-bit store.
+        unsafe { _mm_storeu_ps(sf.as_mut_ptr(), sumf[t]) };
+        for r in 0..4 {
+            out[r][t] = sf[r];
+        }
+    }
+    out
+}
+
+/// Table entry: packs four Q2_K rows.
+pub(super) fn pack4_q2_k(w: [&[u8]; 4], dst: &mut [u8]) {
+    pack_q2_k(w.map(blocks::<BlockQ2K>), dst)
+}
+
+/// Table entry: packed Q2_K tile (AVX2, FMA, F16C, AVX-512 VNNI and VL detected by `install`).
+pub(super) fn tile_q2_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
+    let ys = a.map(blocks::<BlockQ8K>);
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { q2_k_tile(p, ys) }
+}
+
+/// Packed bytes of one Q3_K block of four rows: the quants times their group scale
+/// (`(scale - 32) * q`, in -124..=128) as i16, `[8 chunks][4 rows][2][16]` (2048): per chunk
+/// of 32 values, half 0 holds elements `m, m + 8` (m = 0..8) at i16 positions `2m, 2m + 1`,
+/// half 1 elements `16 + m, 24 + m`, so that 32-bit lane `m` of both sums exactly the elements
+/// the scalar dot's lane `m` (`aux32[m]`) sums; then `d` `[4]` f32 (16), padding (16).
+pub(crate) const Q3K_PACKED: usize = 2080;
+const Q3K_D: usize = 2048;
+
+/// In-lane byte shuffle of an activation chunk into the i8 order of [`Q3K_PACKED`]'s halves
+/// (byte `p` of each 128-bit half takes byte `(p % 2) * 8 + p / 2`).
+const Q3K_SHUF: [u8; 32] = {
+    let mut t = [0u8; 32];
+    let mut p = 0;
+    while p < 32 {
+        let q = p % 16;
+        t[p] = ((q % 2) * 8 + q / 2) as u8;
+        p += 1;
+    }
+    t
+};
+
+/// Packs four Q3_K rows (`nb` blocks each) into `dst` (`nb * Q3K_PACKED` bytes).
+pub(crate) fn pack_q3_k(rows: [&[BlockQ3K]; 4], dst: &mut [u8]) {
+    let nb = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == nb) && dst.len() >= nb * Q3K_PACKED);
+    let mut a = [0i8; 256];
+    for (ib, pb) in dst.chunks_exact_mut(Q3K_PACKED).take(nb).enumerate() {
+        for (r, row) in rows.iter().enumerate() {
+            let xb = &row[ib];
+            crate::quant::q3_k::unpack_quants(xb, &mut a);
+            let scales = crate::quant::q3_k::unpack_scales(&xb.scales);
+            for c in 0..8 {
+                for h in 0..2 {
+                    let sc = scales[2 * c + h] as i16 - 32;
+                    // i16 index of the half's first value.
+                    let o = ((4 * c + r) * 2 + h) * 16;
+                    for m in 0..8 {
+                        for k in 0..2 {
+                            let e = 32 * c + 16 * h + 8 * k + m;
+                            let v = (sc * a[e] as i16).to_le_bytes();
+                            let at = 2 * (o + 2 * m + k);
+                            pb[at..at + 2].copy_from_slice(&v);
+                        }
+                    }
+                }
+            }
+            let o = Q3K_D + 4 * r;
+            pb[o..o + 4]
+                .copy_from_slice(&crate::f16_to_f32(u16::from_le_bytes(xb.d)).to_le_bytes());
+        }
+    }
+}
+
+/// Four packed Q3_K rows (`p`, from [`pack_q3_k`]) × four Q8_K rows: `out[r][t]` is
+/// bit-identical to the scalar `quant::q3_k::vec_dot(row r, ys[t])` (the table's Q3_K dot):
+/// per block `sums[l] += d * aux32[l]` (a multiply, then an add) in 8 lanes, and at the end
+/// `0 + sums[0] + ... + sums[7]` in order. Two `vpdpwssd` per chunk on 16-bit values.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI and VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub(crate) unsafe fn q3_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+    let nb = ys[0].len();
+    assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q3K_PACKED);
+    // SAFETY: 32 bytes, one unaligned 256-bit load.
+    let shuf = unsafe { _mm256_loadu_si256(Q3K_SHUF.as_ptr().cast()) };
+    let mut sums = [[_mm256_setzero_ps(); 4]; 4];
+    for ib in 0..nb {
+        let pb = &p[ib * Q3K_PACKED..(ib + 1) * Q3K_PACKED];
+        let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
+        let mut aux = [[_mm256_setzero_si256(); 4]; 4];
+        for c in 0..8 {
+            let w: [[__m256i; 2]; 4] = std::array::from_fn(|r| {
+                [
+                    load(&pb[256 * c + 64 * r..]),
+                    load(&pb[256 * c + 64 * r + 32..]),
+                ]
+            });
+            for t in 0..4 {
+                // SAFETY: `qs` is 256 bytes; 32 * c + 32 <= 256.
+                let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * c).cast()) };
+                let y = _mm256_shuffle_epi8(y, shuf);
+                let y0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(y));
+                let y1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(y));
+                for r in 0..4 {
+                    aux[r][t] = _mm256_dpwssd_epi32(aux[r][t], w[r][0], y0);
+                    aux[r][t] = _mm256_dpwssd_epi32(aux[r][t], w[r][1], y1);
+                }
+            }
+        }
+        let xd = load_f32x4(&pb[Q3K_D..]);
+        for t in 0..4 {
+            let d4 = _mm_mul_ps(xd, _mm_set1_ps(f32::from_le_bytes(yb[t].d)));
+            let d8 = _mm256_set_m128(d4, d4);
+            for r in 0..4 {
+                let d = lane_bcast(d8, r);
+                let prod = _mm256_mul_ps(d, _mm256_cvtepi32_ps(aux[r][t]));
+                sums[r][t] = _mm256_add_ps(sums[r][t], prod);
+            }
+        }
+    }
+    let mut out = [[0.0f32; 4]; 4];
+    for t in 0..4 {
+        for r in 0..4 {
+            let mut l8 = [0.0f32; 8];
+            // SAFETY: 8 f32, one unaligned 256-bit store.
+            unsafe { _mm256_storeu_ps(l8.as_mut_ptr(), sums[r][t]) };
+            let mut v = 0.0f32;
+            for x in l8 {
+                v += x;
+            }
+            out[r][t] = v;
+        }
+    }
+    out
+}
+
+/// Table entry: packs four Q3_K rows.
+pub(super) fn pack4_q3_k(w: [&[u8]; 4], dst: &mut [u8]) {
+    pack_q3_k(w.map(blocks::<BlockQ3K>), dst)
+}
+
+/// Table entry: packed Q3_K tile (AVX2, FMA, F16C, AVX-512 VNNI and VL detected by `install`).
+pub(super) fn tile_q3_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
+    let ys = a.map(blocks::<BlockQ8K>);
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { q3_k_tile(p, ys) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,12 +807,23 @@ mod tests {
                 (GgmlType::Q6_K, 1) => b[..192].fill(0x00),
                 (GgmlType::Q5_K, 0) => b[4..].fill(0xFF),
                 (GgmlType::Q5_K, 1) => b[4..].fill(0x00),
+                (GgmlType::Q2_K, 0) => b[..80].fill(0xFF),
+                (GgmlType::Q2_K, 1) => b[16..80].fill(0x00),
+                // Quants all -4 (high bits clear) with scales 0 (-32): products of 128.
+                (GgmlType::Q3_K, 0) => b[..108].fill(0x00),
+                (GgmlType::Q3_K, 1) => b[..108].fill(0xFF),
                 _ => {}
             }
-            if ty == GgmlType::Q5_K {
-                // dmin (the helper sets only d for this type): small and finite.
+            // d and dmin where the helper sets only one f16 field: small and finite.
+            let f16_fields: &[usize] = match ty {
+                GgmlType::Q5_K => &[2],
+                GgmlType::Q2_K => &[80, 82],
+                GgmlType::Q3_K => &[108],
+                _ => &[],
+            };
+            for &o in f16_fields {
                 let v = (lcg(s) as f32 / (1u64 << 31) as f32 - 0.5) * 0.05;
-                b[2..4].copy_from_slice(&crate::f32_to_f16(v).to_le_bytes());
+                b[o..o + 2].copy_from_slice(&crate::f32_to_f16(v).to_le_bytes());
             }
         }
         w
@@ -585,34 +846,49 @@ mod tests {
         }
     }
 
-    /// Q5_K: every element of the packed tile equals the table's dot (the scalar reference)
-    /// bit for bit.
+    /// Q5_K, Q2_K and Q3_K: every element of the packed tiles equals the table's dot (the
+    /// scalar reference on x86-64) bit for bit.
     #[test]
-    fn q5_k_tile_matches_scalar_dot() {
-        if !tiles_available() || !is_x86_feature_detected!("avx512vbmi") {
-            eprintln!("skipped: no AVX-512 VBMI");
+    fn q5_k_q2_k_q3_k_tiles_match_scalar_dots() {
+        if !tiles_available() {
             return;
         }
         let mut s = 43u64;
-        for case in 0..48usize {
+        for case in 0..144usize {
             let nb = 1 + case % 5;
             let n = 256 * nb;
-            let w: Vec<Vec<u8>> = (0..4)
-                .map(|_| edge_weights(GgmlType::Q5_K, n, &mut s))
-                .collect();
+            let ty = [GgmlType::Q5_K, GgmlType::Q2_K, GgmlType::Q3_K][case % 3];
+            if ty == GgmlType::Q5_K && !is_x86_feature_detected!("avx512vbmi") {
+                eprintln!("skipped Q5_K: no AVX-512 VBMI");
+                continue;
+            }
+            let w: Vec<Vec<u8>> = (0..4).map(|_| edge_weights(ty, n, &mut s)).collect();
             let a: Vec<Vec<u8>> = (0..4).map(|_| edge_activations(n, &mut s)).collect();
             let wr: [&[u8]; 4] = std::array::from_fn(|r| w[r].as_slice());
             let ar: [&[u8]; 4] = std::array::from_fn(|t| a[t].as_slice());
-            let mut packed: Vec<u8> = (0..nb * Q5K_PACKED).map(|_| lcg(&mut s) as u8).collect();
-            pack4_q5_k(wr, &mut packed);
-            let got = tile_q5_k(&packed, ar);
+            let (bytes, pack, tile): (
+                usize,
+                crate::dispatch::PackRows4Fn,
+                crate::dispatch::PackedDot4x4Fn,
+            ) = match ty {
+                GgmlType::Q5_K => (Q5K_PACKED, pack4_q5_k, tile_q5_k),
+                GgmlType::Q3_K => (Q3K_PACKED, pack4_q3_k, tile_q3_k),
+                _ => (Q2K_PACKED, pack4_q2_k, tile_q2_k),
+            };
+            let mut packed: Vec<u8> = (0..nb * bytes).map(|_| lcg(&mut s) as u8).collect();
+            pack(wr, &mut packed);
+            let got = tile(&packed, ar);
             for r in 0..4 {
                 for t in 0..4 {
-                    let want = crate::quant::q5_k::vec_dot(blocks(wr[r]), blocks(ar[t]));
+                    let want = match ty {
+                        GgmlType::Q5_K => crate::quant::q5_k::vec_dot(blocks(wr[r]), blocks(ar[t])),
+                        GgmlType::Q3_K => crate::quant::q3_k::vec_dot(blocks(wr[r]), blocks(ar[t])),
+                        _ => crate::quant::q2_k::vec_dot(blocks(wr[r]), blocks(ar[t])),
+                    };
                     assert_eq!(
                         got[r][t].to_bits(),
                         want.to_bits(),
-                        "case {case} r{r} t{t}: {} vs {want}",
+                        "{ty} case {case} r{r} t{t}: {} vs {want}",
                         got[r][t]
                     );
                 }

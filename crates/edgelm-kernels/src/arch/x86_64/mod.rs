@@ -128,6 +128,18 @@ fn install_packed(k: &mut Kernels) {
         pack: ktile::pack4_q6_k,
         dot: ktile::tile_q6_k,
     });
+    k.packed.push(crate::dispatch::PackedTile {
+        ty: GgmlType::Q2_K,
+        block_bytes: ktile::Q2K_PACKED,
+        pack: ktile::pack4_q2_k,
+        dot: ktile::tile_q2_k,
+    });
+    k.packed.push(crate::dispatch::PackedTile {
+        ty: GgmlType::Q3_K,
+        block_bytes: ktile::Q3K_PACKED,
+        pack: ktile::pack4_q3_k,
+        dot: ktile::tile_q3_k,
+    });
     if is_x86_feature_detected!("avx512vbmi") {
         k.packed.push(crate::dispatch::PackedTile {
             ty: GgmlType::Q5_K,
