@@ -34,8 +34,8 @@ pub(crate) type PackRows4Fn = fn([&[u8]; 4], &mut [u8]);
 /// [`VecDotFn`]'s on the unpacked row.
 pub(crate) type PackedDot4x4Fn = fn(&[u8], [&[u8]; 4]) -> [[f32; 4]; 4];
 
-/// A 4 × 4 tile over weight rows rewritten ("packed") once per group of four rows and token
-/// block, for prompt batches (K-quants: the sub-blocks unpacked to bytes, scales to vectors).
+/// A 4 × 4 tile over weight rows rewritten ("packed") once per group of four rows and block of
+/// tokens (`crate::packed`), for prompt batches (K-quants: sub-blocks as bytes, scales as vectors).
 #[derive(Clone, Copy)]
 pub(crate) struct PackedTile {
     /// Weight type.

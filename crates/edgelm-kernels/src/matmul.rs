@@ -78,7 +78,7 @@ struct Prepared<'a> {
         crate::dispatch::VecDot4x4Fn,
         crate::dispatch::VecDotFn,
     )>,
-    /// Prompt batches: a 4 × 4 tile over rows packed once per group and token block.
+    /// Prompt batches: a 4 × 4 tile over rows packed once per group of four (`crate::packed`).
     packed: Option<crate::dispatch::PackedTile>,
     dot_pre: Option<crate::dispatch::VecDotPreFn>,
     dot_pre_rows: Option<crate::dispatch::VecDotPreRowsFn>,

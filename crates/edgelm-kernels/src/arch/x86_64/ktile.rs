@@ -61,6 +61,20 @@ fn load_f32x4(p: &[u8]) -> __m128 {
     unsafe { _mm_loadu_ps(p.as_ptr().cast()) }
 }
 
+/// `acc + a.lo * b.lo + a.hi * b.hi` in 32-bit lanes (16-bit products): one VNNI instruction.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+fn dpwssd_vnni(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, a, b)
+}
+
+/// The same exact integers with AVX2 (`vpmaddwd`, then an add).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dpwssd_avx2(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+}
+
 /// Q4_K's 12 packed scale bytes as (8 scales, 8 mins), ggml's `utmp` unpacking.
 fn q4_k_scales_mins(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     const KMASK1: u32 = 0x3f3f3f3f;
@@ -148,77 +162,88 @@ fn hsum_float_4(am: __m128) -> f32 {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI and VL.
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub(crate) unsafe fn q4_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
-    let nb = ys[0].len();
-    assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q4K_PACKED);
-    let mut acc = [[_mm256_setzero_ps(); 4]; 4];
-    // [t][rows 0, 1 | rows 2, 3]: each 128-bit half is one pair's 4-lane `acc_m`.
-    let mut acc_m = [[_mm256_setzero_ps(); 2]; 4];
-    let idx_lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    let idx_hi = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-    for ib in 0..nb {
-        let pb = &p[ib * Q4K_PACKED..(ib + 1) * Q4K_PACKED];
-        let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
-        let mut sumi = [[_mm256_setzero_si256(); 4]; 4];
-        for s in 0..8 {
-            let q: [__m256i; 4] = std::array::from_fn(|r| load(&pb[128 * s + 32 * r..]));
-            let sc: [__m256i; 4] = std::array::from_fn(|r| {
-                let o = Q4K_SC + 16 * s + 4 * r;
-                _mm256_set1_epi32(i32::from_le_bytes([pb[o], pb[o + 1], pb[o + 2], pb[o + 3]]))
-            });
-            for t in 0..4 {
-                // SAFETY: `qs` is 256 bytes; 32 * s + 32 <= 256.
-                let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * s).cast()) };
-                for r in 0..4 {
-                    let p16 = _mm256_maddubs_epi16(q[r], y);
-                    sumi[r][t] = _mm256_dpwssd_epi32(sumi[r][t], p16, sc[r]);
+macro_rules! q4_k_tile_fn {
+    ($name:ident, $features:literal, $dp:ident) => {
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $name(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+            let nb = ys[0].len();
+            assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q4K_PACKED);
+            let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+            // [t][rows 0, 1 | rows 2, 3]: each 128-bit half is one pair's 4-lane `acc_m`.
+            let mut acc_m = [[_mm256_setzero_ps(); 2]; 4];
+            let idx_lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+            let idx_hi = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+            for ib in 0..nb {
+                let pb = &p[ib * Q4K_PACKED..(ib + 1) * Q4K_PACKED];
+                let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
+                let mut sumi = [[_mm256_setzero_si256(); 4]; 4];
+                for s in 0..8 {
+                    let q: [__m256i; 4] = std::array::from_fn(|r| load(&pb[128 * s + 32 * r..]));
+                    let sc: [__m256i; 4] = std::array::from_fn(|r| {
+                        let o = Q4K_SC + 16 * s + 4 * r;
+                        _mm256_set1_epi32(i32::from_le_bytes([
+                            pb[o],
+                            pb[o + 1],
+                            pb[o + 2],
+                            pb[o + 3],
+                        ]))
+                    });
+                    for t in 0..4 {
+                        // SAFETY: `qs` is 256 bytes; 32 * s + 32 <= 256.
+                        let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * s).cast()) };
+                        for r in 0..4 {
+                            let p16 = _mm256_maddubs_epi16(q[r], y);
+                            sumi[r][t] = $dp(sumi[r][t], p16, sc[r]);
+                        }
+                    }
+                }
+                let xd = load_f32x4(&pb[Q4K_D..]);
+                let xdmin = _mm256_castps128_ps256(load_f32x4(&pb[Q4K_DM..]));
+                let mins01 = load(&pb[Q4K_MN..]);
+                let mins23 = load(&pb[Q4K_MN + 32..]);
+                for t in 0..4 {
+                    let yd = f32::from_le_bytes(yb[t].d);
+                    // ggml: d = y.d * x.d, dmin = -y.d * x.dmin (one rounding each, lane-wise here).
+                    let d4 = _mm_mul_ps(_mm_set1_ps(yd), xd);
+                    let dm = _mm256_mul_ps(_mm256_set1_ps(-yd), xdmin);
+                    // SAFETY: `bsums` is 16 i16 = 32 bytes.
+                    let q8sums = unsafe { _mm256_loadu_si256(yb[t].bsums.as_ptr().cast()) };
+                    let q8s = _mm_hadd_epi16(
+                        _mm256_castsi256_si128(q8sums),
+                        _mm256_extracti128_si256::<1>(q8sums),
+                    );
+                    let q8s = _mm256_set_m128i(q8s, q8s);
+                    let prod01 = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins01, q8s));
+                    let prod23 = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins23, q8s));
+                    let dm01 = _mm256_permutevar8x32_ps(dm, idx_lo);
+                    let dm23 = _mm256_permutevar8x32_ps(dm, idx_hi);
+                    acc_m[t][0] = _mm256_fmadd_ps(dm01, prod01, acc_m[t][0]);
+                    acc_m[t][1] = _mm256_fmadd_ps(dm23, prod23, acc_m[t][1]);
+                    let d8 = _mm256_set_m128(d4, d4);
+                    for r in 0..4 {
+                        let d = lane_bcast(d8, r);
+                        acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+                    }
                 }
             }
-        }
-        let xd = load_f32x4(&pb[Q4K_D..]);
-        let xdmin = _mm256_castps128_ps256(load_f32x4(&pb[Q4K_DM..]));
-        let mins01 = load(&pb[Q4K_MN..]);
-        let mins23 = load(&pb[Q4K_MN + 32..]);
-        for t in 0..4 {
-            let yd = f32::from_le_bytes(yb[t].d);
-            // ggml: d = y.d * x.d, dmin = -y.d * x.dmin (one rounding each, lane-wise here).
-            let d4 = _mm_mul_ps(_mm_set1_ps(yd), xd);
-            let dm = _mm256_mul_ps(_mm256_set1_ps(-yd), xdmin);
-            // SAFETY: `bsums` is 16 i16 = 32 bytes.
-            let q8sums = unsafe { _mm256_loadu_si256(yb[t].bsums.as_ptr().cast()) };
-            let q8s = _mm_hadd_epi16(
-                _mm256_castsi256_si128(q8sums),
-                _mm256_extracti128_si256::<1>(q8sums),
-            );
-            let q8s = _mm256_set_m128i(q8s, q8s);
-            let prod01 = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins01, q8s));
-            let prod23 = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins23, q8s));
-            let dm01 = _mm256_permutevar8x32_ps(dm, idx_lo);
-            let dm23 = _mm256_permutevar8x32_ps(dm, idx_hi);
-            acc_m[t][0] = _mm256_fmadd_ps(dm01, prod01, acc_m[t][0]);
-            acc_m[t][1] = _mm256_fmadd_ps(dm23, prod23, acc_m[t][1]);
-            let d8 = _mm256_set_m128(d4, d4);
-            for r in 0..4 {
-                let d = lane_bcast(d8, r);
-                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+            let mut out = [[0.0f32; 4]; 4];
+            for t in 0..4 {
+                let am = [
+                    _mm256_castps256_ps128(acc_m[t][0]),
+                    _mm256_extractf128_ps::<1>(acc_m[t][0]),
+                    _mm256_castps256_ps128(acc_m[t][1]),
+                    _mm256_extractf128_ps::<1>(acc_m[t][1]),
+                ];
+                for r in 0..4 {
+                    out[r][t] = hsum_float_8(acc[r][t]) + hsum_float_4(am[r]);
+                }
             }
+            out
         }
-    }
-    let mut out = [[0.0f32; 4]; 4];
-    for t in 0..4 {
-        let am = [
-            _mm256_castps256_ps128(acc_m[t][0]),
-            _mm256_extractf128_ps::<1>(acc_m[t][0]),
-            _mm256_castps256_ps128(acc_m[t][1]),
-            _mm256_extractf128_ps::<1>(acc_m[t][1]),
-        ];
-        for r in 0..4 {
-            out[r][t] = hsum_float_8(acc[r][t]) + hsum_float_4(am[r]);
-        }
-    }
-    out
+    };
 }
+q4_k_tile_fn!(q4_k_tile, "avx2,fma,f16c,avx512vnni,avx512vl", dpwssd_vnni);
+q4_k_tile_fn!(q4_k_tile_avx2, "avx2,fma,f16c", dpwssd_avx2);
 
 /// Packs four Q6_K rows (`nb` blocks each) into `dst` (`nb * Q6K_PACKED` bytes).
 ///
@@ -298,53 +323,60 @@ pub(crate) unsafe fn pack_q6_k(rows: [&[BlockQ6K]; 4], dst: &mut [u8]) {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI and VL.
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub(crate) unsafe fn q6_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
-    let nb = ys[0].len();
-    assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q6K_PACKED);
-    let mut acc = [[_mm256_setzero_ps(); 4]; 4];
-    for ib in 0..nb {
-        let pb = &p[ib * Q6K_PACKED..(ib + 1) * Q6K_PACKED];
-        let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
-        let mut sumi = [[_mm256_setzero_si256(); 4]; 4];
-        let neg: [__m256i; 4] = std::array::from_fn(|r| load(&pb[Q6K_NB + 32 * r..]));
-        for t in 0..4 {
-            // SAFETY: `bsums` is 16 i16 = 32 bytes.
-            let q8sums = unsafe { _mm256_loadu_si256(yb[t].bsums.as_ptr().cast()) };
-            for r in 0..4 {
-                sumi[r][t] = _mm256_madd_epi16(q8sums, neg[r]);
-            }
-        }
-        for c in 0..8 {
-            let q: [__m256i; 4] = std::array::from_fn(|r| load(&pb[128 * c + 32 * r..]));
-            let sc: [__m256i; 4] = std::array::from_fn(|r| load(&pb[Q6K_SC + 128 * c + 32 * r..]));
-            for t in 0..4 {
-                // SAFETY: `qs` is 256 bytes; 32 * c + 32 <= 256.
-                let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * c).cast()) };
-                for r in 0..4 {
-                    let p16 = _mm256_maddubs_epi16(q[r], y);
-                    sumi[r][t] = _mm256_dpwssd_epi32(sumi[r][t], p16, sc[r]);
+macro_rules! q6_k_tile_fn {
+    ($name:ident, $features:literal, $dp:ident) => {
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $name(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+            let nb = ys[0].len();
+            assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q6K_PACKED);
+            let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+            for ib in 0..nb {
+                let pb = &p[ib * Q6K_PACKED..(ib + 1) * Q6K_PACKED];
+                let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
+                let mut sumi = [[_mm256_setzero_si256(); 4]; 4];
+                let neg: [__m256i; 4] = std::array::from_fn(|r| load(&pb[Q6K_NB + 32 * r..]));
+                for t in 0..4 {
+                    // SAFETY: `bsums` is 16 i16 = 32 bytes.
+                    let q8sums = unsafe { _mm256_loadu_si256(yb[t].bsums.as_ptr().cast()) };
+                    for r in 0..4 {
+                        sumi[r][t] = _mm256_madd_epi16(q8sums, neg[r]);
+                    }
+                }
+                for c in 0..8 {
+                    let q: [__m256i; 4] = std::array::from_fn(|r| load(&pb[128 * c + 32 * r..]));
+                    let sc: [__m256i; 4] =
+                        std::array::from_fn(|r| load(&pb[Q6K_SC + 128 * c + 32 * r..]));
+                    for t in 0..4 {
+                        // SAFETY: `qs` is 256 bytes; 32 * c + 32 <= 256.
+                        let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * c).cast()) };
+                        for r in 0..4 {
+                            let p16 = _mm256_maddubs_epi16(q[r], y);
+                            sumi[r][t] = $dp(sumi[r][t], p16, sc[r]);
+                        }
+                    }
+                }
+                let xd = load_f32x4(&pb[Q6K_D..]);
+                for t in 0..4 {
+                    let d4 = _mm_mul_ps(_mm_set1_ps(f32::from_le_bytes(yb[t].d)), xd);
+                    let d8 = _mm256_set_m128(d4, d4);
+                    for r in 0..4 {
+                        let d = lane_bcast(d8, r);
+                        acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+                    }
                 }
             }
-        }
-        let xd = load_f32x4(&pb[Q6K_D..]);
-        for t in 0..4 {
-            let d4 = _mm_mul_ps(_mm_set1_ps(f32::from_le_bytes(yb[t].d)), xd);
-            let d8 = _mm256_set_m128(d4, d4);
+            let mut out = [[0.0f32; 4]; 4];
             for r in 0..4 {
-                let d = lane_bcast(d8, r);
-                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+                for t in 0..4 {
+                    out[r][t] = hsum_float_8(acc[r][t]);
+                }
             }
+            out
         }
-    }
-    let mut out = [[0.0f32; 4]; 4];
-    for r in 0..4 {
-        for t in 0..4 {
-            out[r][t] = hsum_float_8(acc[r][t]);
-        }
-    }
-    out
+    };
 }
+q6_k_tile_fn!(q6_k_tile, "avx2,fma,f16c,avx512vnni,avx512vl", dpwssd_vnni);
+q6_k_tile_fn!(q6_k_tile_avx2, "avx2,fma,f16c", dpwssd_avx2);
 
 /// Table entry: packs four Q4_K rows (AVX2, FMA and F16C detected by `install`).
 pub(super) fn pack4_q4_k(w: [&[u8]; 4], dst: &mut [u8]) {
@@ -579,54 +611,61 @@ fn hsum_i32x8x4(m: [__m256i; 4]) -> __m128i {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI and VL.
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub(crate) unsafe fn q2_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
-    let nb = ys[0].len();
-    assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q2K_PACKED);
-    // [t]: lane r is row r's `sumf`.
-    let mut sumf = [_mm_setzero_ps(); 4];
-    for ib in 0..nb {
-        let pb = &p[ib * Q2K_PACKED..(ib + 1) * Q2K_PACKED];
-        let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
-        let mut isum = [[_mm256_setzero_si256(); 4]; 4];
-        for c in 0..8 {
-            let q: [__m256i; 4] = std::array::from_fn(|r| load(&pb[128 * c + 32 * r..]));
-            let sc: [__m256i; 4] = std::array::from_fn(|r| load(&pb[Q2K_SC + 128 * c + 32 * r..]));
-            for t in 0..4 {
-                // SAFETY: `qs` is 256 bytes; 32 * c + 32 <= 256.
-                let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * c).cast()) };
-                for r in 0..4 {
-                    let p16 = _mm256_maddubs_epi16(q[r], y);
-                    isum[r][t] = _mm256_dpwssd_epi32(isum[r][t], p16, sc[r]);
+macro_rules! q2_k_tile_fn {
+    ($name:ident, $features:literal, $dp:ident) => {
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $name(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+            let nb = ys[0].len();
+            assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q2K_PACKED);
+            // [t]: lane r is row r's `sumf`.
+            let mut sumf = [_mm_setzero_ps(); 4];
+            for ib in 0..nb {
+                let pb = &p[ib * Q2K_PACKED..(ib + 1) * Q2K_PACKED];
+                let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
+                let mut isum = [[_mm256_setzero_si256(); 4]; 4];
+                for c in 0..8 {
+                    let q: [__m256i; 4] = std::array::from_fn(|r| load(&pb[128 * c + 32 * r..]));
+                    let sc: [__m256i; 4] =
+                        std::array::from_fn(|r| load(&pb[Q2K_SC + 128 * c + 32 * r..]));
+                    for t in 0..4 {
+                        // SAFETY: `qs` is 256 bytes; 32 * c + 32 <= 256.
+                        let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * c).cast()) };
+                        for r in 0..4 {
+                            let p16 = _mm256_maddubs_epi16(q[r], y);
+                            isum[r][t] = $dp(isum[r][t], p16, sc[r]);
+                        }
+                    }
+                }
+                let xd = load_f32x4(&pb[Q2K_D..]);
+                let xdmin = load_f32x4(&pb[Q2K_DM..]);
+                let mn: [__m256i; 4] = std::array::from_fn(|r| load(&pb[Q2K_MN + 32 * r..]));
+                for t in 0..4 {
+                    let yd = _mm_set1_ps(f32::from_le_bytes(yb[t].d));
+                    // SAFETY: `bsums` is 16 i16 = 32 bytes.
+                    let bs = unsafe { _mm256_loadu_si256(yb[t].bsums.as_ptr().cast()) };
+                    let summs = hsum_i32x8x4(std::array::from_fn(|r| _mm256_madd_epi16(bs, mn[r])));
+                    let is = hsum_i32x8x4(std::array::from_fn(|r| isum[r][t]));
+                    // dall = y.d * x.d, dmin = y.d * x.dmin.
+                    let a = _mm_mul_ps(_mm_mul_ps(yd, xd), _mm_cvtepi32_ps(is));
+                    let b = _mm_mul_ps(_mm_mul_ps(yd, xdmin), _mm_cvtepi32_ps(summs));
+                    sumf[t] = _mm_add_ps(sumf[t], _mm_sub_ps(a, b));
                 }
             }
+            let mut out = [[0.0f32; 4]; 4];
+            for t in 0..4 {
+                let mut sf = [0.0f32; 4];
+                // SAFETY: 4 f32, one unaligned 128-bit store.
+                unsafe { _mm_storeu_ps(sf.as_mut_ptr(), sumf[t]) };
+                for r in 0..4 {
+                    out[r][t] = sf[r];
+                }
+            }
+            out
         }
-        let xd = load_f32x4(&pb[Q2K_D..]);
-        let xdmin = load_f32x4(&pb[Q2K_DM..]);
-        let mn: [__m256i; 4] = std::array::from_fn(|r| load(&pb[Q2K_MN + 32 * r..]));
-        for t in 0..4 {
-            let yd = _mm_set1_ps(f32::from_le_bytes(yb[t].d));
-            // SAFETY: `bsums` is 16 i16 = 32 bytes.
-            let bs = unsafe { _mm256_loadu_si256(yb[t].bsums.as_ptr().cast()) };
-            let summs = hsum_i32x8x4(std::array::from_fn(|r| _mm256_madd_epi16(bs, mn[r])));
-            let is = hsum_i32x8x4(std::array::from_fn(|r| isum[r][t]));
-            // dall = y.d * x.d, dmin = y.d * x.dmin.
-            let a = _mm_mul_ps(_mm_mul_ps(yd, xd), _mm_cvtepi32_ps(is));
-            let b = _mm_mul_ps(_mm_mul_ps(yd, xdmin), _mm_cvtepi32_ps(summs));
-            sumf[t] = _mm_add_ps(sumf[t], _mm_sub_ps(a, b));
-        }
-    }
-    let mut out = [[0.0f32; 4]; 4];
-    for t in 0..4 {
-        let mut sf = [0.0f32; 4];
-        // SAFETY: 4 f32, one unaligned 128-bit store.
-        unsafe { _mm_storeu_ps(sf.as_mut_ptr(), sumf[t]) };
-        for r in 0..4 {
-            out[r][t] = sf[r];
-        }
-    }
-    out
+    };
 }
+q2_k_tile_fn!(q2_k_tile, "avx2,fma,f16c,avx512vnni,avx512vl", dpwssd_vnni);
+q2_k_tile_fn!(q2_k_tile_avx2, "avx2,fma,f16c", dpwssd_avx2);
 
 /// Table entry: packs four Q2_K rows.
 pub(super) fn pack4_q2_k(w: [&[u8]; 4], dst: &mut [u8]) {
@@ -700,62 +739,68 @@ pub(crate) fn pack_q3_k(rows: [&[BlockQ3K]; 4], dst: &mut [u8]) {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 VNNI and VL.
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub(crate) unsafe fn q3_k_tile(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
-    let nb = ys[0].len();
-    assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q3K_PACKED);
-    // SAFETY: 32 bytes, one unaligned 256-bit load.
-    let shuf = unsafe { _mm256_loadu_si256(Q3K_SHUF.as_ptr().cast()) };
-    let mut sums = [[_mm256_setzero_ps(); 4]; 4];
-    for ib in 0..nb {
-        let pb = &p[ib * Q3K_PACKED..(ib + 1) * Q3K_PACKED];
-        let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
-        let mut aux = [[_mm256_setzero_si256(); 4]; 4];
-        for c in 0..8 {
-            let w: [[__m256i; 2]; 4] = std::array::from_fn(|r| {
-                [
-                    load(&pb[256 * c + 64 * r..]),
-                    load(&pb[256 * c + 64 * r + 32..]),
-                ]
-            });
-            for t in 0..4 {
-                // SAFETY: `qs` is 256 bytes; 32 * c + 32 <= 256.
-                let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * c).cast()) };
-                let y = _mm256_shuffle_epi8(y, shuf);
-                let y0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(y));
-                let y1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(y));
-                for r in 0..4 {
-                    aux[r][t] = _mm256_dpwssd_epi32(aux[r][t], w[r][0], y0);
-                    aux[r][t] = _mm256_dpwssd_epi32(aux[r][t], w[r][1], y1);
+macro_rules! q3_k_tile_fn {
+    ($name:ident, $features:literal, $dp:ident) => {
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $name(p: &[u8], ys: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+            let nb = ys[0].len();
+            assert!(ys.iter().all(|y| y.len() == nb) && p.len() >= nb * Q3K_PACKED);
+            // SAFETY: 32 bytes, one unaligned 256-bit load.
+            let shuf = unsafe { _mm256_loadu_si256(Q3K_SHUF.as_ptr().cast()) };
+            let mut sums = [[_mm256_setzero_ps(); 4]; 4];
+            for ib in 0..nb {
+                let pb = &p[ib * Q3K_PACKED..(ib + 1) * Q3K_PACKED];
+                let yb: [&BlockQ8K; 4] = std::array::from_fn(|t| &ys[t][ib]);
+                let mut aux = [[_mm256_setzero_si256(); 4]; 4];
+                for c in 0..8 {
+                    let w: [[__m256i; 2]; 4] = std::array::from_fn(|r| {
+                        [
+                            load(&pb[256 * c + 64 * r..]),
+                            load(&pb[256 * c + 64 * r + 32..]),
+                        ]
+                    });
+                    for t in 0..4 {
+                        // SAFETY: `qs` is 256 bytes; 32 * c + 32 <= 256.
+                        let y = unsafe { _mm256_loadu_si256(yb[t].qs.as_ptr().add(32 * c).cast()) };
+                        let y = _mm256_shuffle_epi8(y, shuf);
+                        let y0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(y));
+                        let y1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(y));
+                        for r in 0..4 {
+                            aux[r][t] = $dp(aux[r][t], w[r][0], y0);
+                            aux[r][t] = $dp(aux[r][t], w[r][1], y1);
+                        }
+                    }
+                }
+                let xd = load_f32x4(&pb[Q3K_D..]);
+                for t in 0..4 {
+                    let d4 = _mm_mul_ps(xd, _mm_set1_ps(f32::from_le_bytes(yb[t].d)));
+                    let d8 = _mm256_set_m128(d4, d4);
+                    for r in 0..4 {
+                        let d = lane_bcast(d8, r);
+                        let prod = _mm256_mul_ps(d, _mm256_cvtepi32_ps(aux[r][t]));
+                        sums[r][t] = _mm256_add_ps(sums[r][t], prod);
+                    }
                 }
             }
-        }
-        let xd = load_f32x4(&pb[Q3K_D..]);
-        for t in 0..4 {
-            let d4 = _mm_mul_ps(xd, _mm_set1_ps(f32::from_le_bytes(yb[t].d)));
-            let d8 = _mm256_set_m128(d4, d4);
-            for r in 0..4 {
-                let d = lane_bcast(d8, r);
-                let prod = _mm256_mul_ps(d, _mm256_cvtepi32_ps(aux[r][t]));
-                sums[r][t] = _mm256_add_ps(sums[r][t], prod);
+            let mut out = [[0.0f32; 4]; 4];
+            for t in 0..4 {
+                for r in 0..4 {
+                    let mut l8 = [0.0f32; 8];
+                    // SAFETY: 8 f32, one unaligned 256-bit store.
+                    unsafe { _mm256_storeu_ps(l8.as_mut_ptr(), sums[r][t]) };
+                    let mut v = 0.0f32;
+                    for x in l8 {
+                        v += x;
+                    }
+                    out[r][t] = v;
+                }
             }
+            out
         }
-    }
-    let mut out = [[0.0f32; 4]; 4];
-    for t in 0..4 {
-        for r in 0..4 {
-            let mut l8 = [0.0f32; 8];
-            // SAFETY: 8 f32, one unaligned 256-bit store.
-            unsafe { _mm256_storeu_ps(l8.as_mut_ptr(), sums[r][t]) };
-            let mut v = 0.0f32;
-            for x in l8 {
-                v += x;
-            }
-            out[r][t] = v;
-        }
-    }
-    out
+    };
 }
+q3_k_tile_fn!(q3_k_tile, "avx2,fma,f16c,avx512vnni,avx512vl", dpwssd_vnni);
+q3_k_tile_fn!(q3_k_tile_avx2, "avx2,fma,f16c", dpwssd_avx2);
 
 /// Table entry: packs four Q3_K rows.
 pub(super) fn pack4_q3_k(w: [&[u8]; 4], dst: &mut [u8]) {
@@ -767,6 +812,32 @@ pub(super) fn tile_q3_k(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
     let ys = a.map(blocks::<BlockQ8K>);
     // SAFETY: `install` put this function in the table only after detecting the features.
     unsafe { q3_k_tile(p, ys) }
+}
+
+/// Table entries of the AVX2 forms (16-bit products summed with `vpmaddwd` + add instead of
+/// `vpdpwssd`: the same integers; AVX2, FMA and F16C detected by `install`), for CPUs without
+/// AVX-512 VNNI.
+pub(super) fn tile_q4_k_avx2(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: `install` put this function in the table only after detecting the features.
+    unsafe { q4_k_tile_avx2(p, a.map(blocks::<BlockQ8K>)) }
+}
+
+/// See [`tile_q4_k_avx2`].
+pub(super) fn tile_q6_k_avx2(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: as above.
+    unsafe { q6_k_tile_avx2(p, a.map(blocks::<BlockQ8K>)) }
+}
+
+/// See [`tile_q4_k_avx2`].
+pub(super) fn tile_q2_k_avx2(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: as above.
+    unsafe { q2_k_tile_avx2(p, a.map(blocks::<BlockQ8K>)) }
+}
+
+/// See [`tile_q4_k_avx2`].
+pub(super) fn tile_q3_k_avx2(p: &[u8], a: [&[u8]; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: as above.
+    unsafe { q3_k_tile_avx2(p, a.map(blocks::<BlockQ8K>)) }
 }
 
 #[cfg(test)]
@@ -952,6 +1023,67 @@ mod tests {
                             "{ty} case {case} r{r} t{t}: lane model"
                         );
                     }
+                }
+            }
+        }
+    }
+    /// The AVX2 forms (for CPUs without AVX-512 VNNI) equal the table's single-row dots bit
+    /// for bit: the AVX2 vector dots (and the lane model) for Q4_K and Q6_K, the scalar dots
+    /// for Q2_K and Q3_K.
+    #[test]
+    fn avx2_tiles_match_single_dots() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+            return;
+        }
+        let mut s = 47u64;
+        for case in 0..96usize {
+            let nb = 1 + case % 5;
+            let n = 256 * nb;
+            let ty = [
+                GgmlType::Q4_K,
+                GgmlType::Q6_K,
+                GgmlType::Q2_K,
+                GgmlType::Q3_K,
+            ][case % 4];
+            let w: Vec<Vec<u8>> = (0..4).map(|_| edge_weights(ty, n, &mut s)).collect();
+            let a: Vec<Vec<u8>> = (0..4).map(|_| edge_activations(n, &mut s)).collect();
+            let wr: [&[u8]; 4] = std::array::from_fn(|r| w[r].as_slice());
+            let ar: [&[u8]; 4] = std::array::from_fn(|t| a[t].as_slice());
+            let (bytes, pack, tile): (
+                usize,
+                crate::dispatch::PackRows4Fn,
+                crate::dispatch::PackedDot4x4Fn,
+            ) = match ty {
+                GgmlType::Q4_K => (Q4K_PACKED, pack4_q4_k, tile_q4_k_avx2),
+                GgmlType::Q6_K => (Q6K_PACKED, pack4_q6_k, tile_q6_k_avx2),
+                GgmlType::Q2_K => (Q2K_PACKED, pack4_q2_k, tile_q2_k_avx2),
+                _ => (Q3K_PACKED, pack4_q3_k, tile_q3_k_avx2),
+            };
+            let mut packed: Vec<u8> = (0..nb * bytes).map(|_| lcg(&mut s) as u8).collect();
+            pack(wr, &mut packed);
+            let got = tile(&packed, ar);
+            for r in 0..4 {
+                for t in 0..4 {
+                    let (x, ys) = (wr[r], blocks::<BlockQ8K>(ar[t]));
+                    // SAFETY: AVX2, FMA and F16C checked above.
+                    let want = unsafe {
+                        match ty {
+                            GgmlType::Q4_K => super::super::kquants::q4_k_q8_k(blocks(x), ys),
+                            GgmlType::Q6_K => super::super::kquants::q6_k_q8_k(blocks(x), ys),
+                            GgmlType::Q2_K => crate::quant::q2_k::vec_dot(blocks(x), ys),
+                            _ => crate::quant::q3_k::vec_dot(blocks(x), ys),
+                        }
+                    };
+                    assert_eq!(
+                        got[r][t].to_bits(),
+                        want.to_bits(),
+                        "{ty} case {case} r{r} t{t}: {} vs {want}",
+                        got[r][t]
+                    );
                 }
             }
         }

@@ -110,6 +110,52 @@ pub(crate) fn install(k: &mut Kernels) {
             install_packed(k);
         }
         k.name = "avx2+fma+f16c+avx512vnni";
+    } else if std::env::var_os("EDGELM_NO_PACKED").is_none() {
+        install_packed_avx2(k);
+    }
+}
+
+/// The AVX2 forms of the packed tiles, for CPUs without AVX-512 VNNI (16 vector registers:
+/// the 16 accumulators spill, which still beats the scalar dots of Q2_K and Q3_K).
+fn install_packed_avx2(k: &mut Kernels) {
+    let tiles: [(
+        GgmlType,
+        usize,
+        crate::dispatch::PackRows4Fn,
+        crate::dispatch::PackedDot4x4Fn,
+    ); 4] = [
+        (
+            GgmlType::Q4_K,
+            ktile::Q4K_PACKED,
+            ktile::pack4_q4_k,
+            ktile::tile_q4_k_avx2,
+        ),
+        (
+            GgmlType::Q6_K,
+            ktile::Q6K_PACKED,
+            ktile::pack4_q6_k,
+            ktile::tile_q6_k_avx2,
+        ),
+        (
+            GgmlType::Q2_K,
+            ktile::Q2K_PACKED,
+            ktile::pack4_q2_k,
+            ktile::tile_q2_k_avx2,
+        ),
+        (
+            GgmlType::Q3_K,
+            ktile::Q3K_PACKED,
+            ktile::pack4_q3_k,
+            ktile::tile_q3_k_avx2,
+        ),
+    ];
+    for (ty, block_bytes, pack, dot) in tiles {
+        k.packed.push(crate::dispatch::PackedTile {
+            ty,
+            block_bytes,
+            pack,
+            dot,
+        });
     }
 }
 
