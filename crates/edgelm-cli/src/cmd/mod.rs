@@ -5,6 +5,7 @@ pub mod chat;
 pub mod eval;
 pub mod fetch;
 pub mod finetune;
+pub mod finetune_lora;
 pub mod gptq;
 pub mod imatrix;
 pub mod info;
