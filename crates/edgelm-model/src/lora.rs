@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use edgelm_gguf::GgufFile;
+use edgelm_gguf::{GgmlType, GgufFile, GgufWriter};
 use edgelm_kernels::dense::{sgemm, Layout};
 
 use crate::weights::{Matrix, Weights};
@@ -153,6 +153,99 @@ impl LoraAdapter {
         } else {
             user_scale * self.alpha / r as f32
         }
+    }
+}
+
+impl LoraAdapter {
+    /// The merged model: `base`'s metadata and tensors, each adapted matrix `W` replaced by
+    /// `W + scale·B·A` (computed in f32 from the dequantized `W`, written as F32, or F16
+    /// when `f16`); the other tensors are copied in their own types. Every adapter tensor
+    /// must name a matrix of `base` with its shape.
+    pub fn merge_into_gguf<'a>(
+        &self,
+        base: &'a GgufFile,
+        user_scale: f32,
+        f16: bool,
+    ) -> Result<GgufWriter<'a>, ModelError> {
+        let arch = base.metadata().get_opt_str("general.architecture")?.unwrap_or("");
+        if arch != self.arch {
+            return Err(bad(format!(
+                "made for architecture {}, the model is {arch}",
+                self.arch
+            )));
+        }
+        for name in self.pairs.keys() {
+            if base.tensor(name).is_none() {
+                return Err(bad(format!(
+                    "tensor {name} does not exist in the base model (wrong base model?)"
+                )));
+            }
+        }
+        let mut w = GgufWriter::new();
+        for (key, value) in base.metadata().iter() {
+            w.add_metadata(key, value.clone())?;
+        }
+        for t in base.tensors() {
+            let Some(p) = self.pairs.get(&t.name) else {
+                w.add_tensor(t.name.clone(), &t.dims, t.ty, base.tensor_data(t))?;
+                continue;
+            };
+            let mut dims = t.dims.clone();
+            while dims.len() > 2 && dims.last() == Some(&1) {
+                dims.pop();
+            }
+            if dims != [p.n_in as u64, p.n_out as u64] {
+                return Err(bad(format!(
+                    "{}: the adapter is for ggml dims [{}, {}], the model's are {:?} (an \
+                     adapter for another model?)",
+                    t.name, p.n_in, p.n_out, t.dims
+                )));
+            }
+            let mut wv = vec![0.0f32; p.n_in * p.n_out];
+            edgelm_kernels::dequantize_row(t.ty, base.tensor_data(t), &mut wv).map_err(
+                |source| ModelError::Kernel {
+                    op: format!("dequantize {}", t.name),
+                    source,
+                },
+            )?;
+            // B·A scaled, then added: W[o, c] += s Σ_r B[o, r] A[r, c]
+            let mut ab = vec![0.0f32; p.n_out * p.n_in];
+            sgemm(
+                p.n_out,
+                p.n_in,
+                p.r,
+                &p.b,
+                Layout::Normal,
+                &p.a,
+                Layout::Normal,
+                &mut ab,
+                false,
+                0,
+            )
+            .map_err(|source| ModelError::Kernel {
+                op: format!("merge {}", t.name),
+                source,
+            })?;
+            let s = self.scale(p.r, user_scale);
+            for (x, d) in wv.iter_mut().zip(&ab) {
+                *x += s * d;
+            }
+            let (ty, bytes): (GgmlType, Vec<u8>) = if f16 {
+                (
+                    GgmlType::F16,
+                    wv.iter()
+                        .flat_map(|&x| edgelm_kernels::f32_to_f16(x).to_le_bytes())
+                        .collect(),
+                )
+            } else {
+                (
+                    GgmlType::F32,
+                    wv.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            };
+            w.add_tensor(t.name.clone(), &dims, ty, bytes)?;
+        }
+        Ok(w)
     }
 }
 

@@ -230,6 +230,19 @@ fn adapter_logits_equal_the_merged_models() {
     assert!(d < 2e-4 * top, "adapter vs merged {d} of {top}");
     assert!(median < 1e-5 * top, "adapter vs merged: median {median} of {top}");
 
+    // The library's merge (what `edgelm lora-merge` writes) gives the same logits.
+    let base_file = model_file(&tensors, FF);
+    let out = adapter.merge_into_gguf(&base_file, 1.0, false).unwrap();
+    let merged2 = Model::load(Arc::new(GgufFile::from_bytes(out.to_bytes()).unwrap())).unwrap();
+    let d2 = max_diff(&logits(&merged2, &tokens), &lm);
+    eprintln!("merge_into_gguf vs f64 merge: max |logit diff| {d2:.2e}");
+    assert!(d2 < 2e-4 * top, "{d2}");
+    let e = adapter
+        .merge_into_gguf(&model_file(&tensors[..3], FF), 1.0, false)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+
     // Scale 0 is the base model.
     let zero = Model::load(model_file(&tensors, FF))
         .unwrap()
