@@ -85,18 +85,12 @@ fn lora_finetune_run_perplexity_merge() {
     assert!(s.contains("\"event\":\"lora\""), "{s}");
     let ckpt = out.join("checkpoint.safetensors");
     assert!(ckpt.is_file());
-    let o = edgelm()
-        .arg("finetune")
-        .arg("-m")
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .args(["--lora-rank", "4", "--steps", "3", "--json", "-t", "2", "--resume"])
-        .arg(&ckpt)
-        .output()
-        .unwrap();
+    let o = finetune(
+        &model,
+        &data,
+        &out,
+        &["--lora-rank", "4", "--steps", "3", "--resume", ckpt.to_str().unwrap()],
+    );
     let s = ok(&o, "finetune --resume");
     assert!(s.contains("\"step\":3"), "{s}");
     let adapter = out.join("adapter.gguf");
