@@ -44,7 +44,15 @@ fn finetune(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg("--out")
         .arg(out)
         .args(["--batch", "1", "--seq-len", "16", "--warmup", "1"])
-        .args(["--eval-every", "0", "--save-every", "0", "--json", "-t", "2"])
+        .args([
+            "--eval-every",
+            "0",
+            "--save-every",
+            "0",
+            "--json",
+            "-t",
+            "2",
+        ])
         .args(extra)
         .output()
         .expect("run edgelm")
@@ -78,8 +86,18 @@ fn lora_finetune_run_perplexity_merge() {
         &model,
         &data,
         &out,
-        &["--lora-rank", "4", "--lora-targets", "q,v,down", "--steps", "3",
-          "--stop-after", "2", "--lr", "3e-2"],
+        &[
+            "--lora-rank",
+            "4",
+            "--lora-targets",
+            "q,v,down",
+            "--steps",
+            "3",
+            "--stop-after",
+            "2",
+            "--lr",
+            "3e-2",
+        ],
     );
     let s = ok(&o, "finetune --lora-rank");
     assert!(s.contains("\"event\":\"lora\""), "{s}");
@@ -89,7 +107,14 @@ fn lora_finetune_run_perplexity_merge() {
         &model,
         &data,
         &out,
-        &["--lora-rank", "4", "--steps", "3", "--resume", ckpt.to_str().unwrap()],
+        &[
+            "--lora-rank",
+            "4",
+            "--steps",
+            "3",
+            "--resume",
+            ckpt.to_str().unwrap(),
+        ],
     );
     let s = ok(&o, "finetune --resume");
     assert!(s.contains("\"step\":3"), "{s}");
@@ -127,8 +152,14 @@ fn lora_finetune_run_perplexity_merge() {
     eprintln!("perplexity: base {base:.3}, with the adapter {lora:.3}, merged {m:.3}");
     // The merged model (F32 matrices, F32 activations) and the adapter on the Q4_1 base
     // (Q8_1 activations) differ by the activations' quantization only.
-    assert!((lora - base).abs() / base > 0.05, "the adapter moves the perplexity");
-    assert!((m - lora).abs() / lora < 0.02, "merged {m} vs adapter {lora}");
+    assert!(
+        (lora - base).abs() / base > 0.05,
+        "the adapter moves the perplexity"
+    );
+    assert!(
+        (m - lora).abs() / lora < 0.02,
+        "merged {m} vs adapter {lora}"
+    );
 
     // A model is not an adapter; an adapter cannot be merged into a file that is not GGUF.
     let o = edgelm()
@@ -156,8 +187,18 @@ fn lora_finetune_run_perplexity_merge() {
     assert_eq!(o.status.code(), Some(1));
 
     // Bad LoRA flags are usage errors.
-    let o = finetune(&model, &data, &out, &["--lora-rank", "4", "--lora-targets", "qq"]);
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = finetune(
+        &model,
+        &data,
+        &out,
+        &["--lora-rank", "4", "--lora-targets", "qq"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = finetune(&model, &data, &out, &["--lora-dropout", "0.1"]);
     assert_eq!(o.status.code(), Some(2), "--lora-dropout needs --lora-rank");
 }

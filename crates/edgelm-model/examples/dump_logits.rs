@@ -28,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => 1.0,
     };
     if args.len() < 3 {
-        return Err("usage: dump_logits MODEL.gguf OUT.f32 [--lora ADAPTER.gguf [--scale S]] TOKEN...".into());
+        return Err(
+            "usage: dump_logits MODEL.gguf OUT.f32 [--lora ADAPTER.gguf [--scale S]] TOKEN..."
+                .into(),
+        );
     }
     let file = Arc::new(GgufFile::open(&args[0])?);
     let mut model = Model::load(file)?;

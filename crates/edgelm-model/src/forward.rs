@@ -28,8 +28,8 @@ use edgelm_kernels::ThreadPool;
 use half::f16;
 
 use crate::config::ModelConfig;
-use crate::lora;
 use crate::kern::{self, act_bytes};
+use crate::lora;
 use crate::weights::{Matrix, Weights};
 use crate::{CacheType, Logits, Model, ModelError, State};
 

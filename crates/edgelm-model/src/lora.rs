@@ -19,6 +19,9 @@ fn bad(reason: impl Into<String>) -> ModelError {
     }
 }
 
+/// One of `lora_a` / `lora_b`: values and ggml dims.
+type Half = (Vec<f32>, u64, u64);
+
 /// One adapted matrix: `A` [R, C], `B` [OC, R] as f32.
 #[derive(Debug, Clone)]
 struct Pair {
@@ -66,7 +69,7 @@ impl LoraAdapter {
         if !alpha.is_finite() || alpha < 0.0 {
             return Err(bad(format!("adapter.lora.alpha is {alpha}")));
         }
-        let mut halves: BTreeMap<String, [Option<(Vec<f32>, u64, u64)>; 2]> = BTreeMap::new();
+        let mut halves: BTreeMap<String, [Option<Half>; 2]> = BTreeMap::new();
         for t in file.tensors() {
             let (base, which) = if let Some(b) = t.name.strip_suffix(".lora_a") {
                 (b, 0)
@@ -167,7 +170,10 @@ impl LoraAdapter {
         user_scale: f32,
         f16: bool,
     ) -> Result<GgufWriter<'a>, ModelError> {
-        let arch = base.metadata().get_opt_str("general.architecture")?.unwrap_or("");
+        let arch = base
+            .metadata()
+            .get_opt_str("general.architecture")?
+            .unwrap_or("");
         if arch != self.arch {
             return Err(bad(format!(
                 "made for architecture {}, the model is {arch}",
@@ -315,13 +321,7 @@ pub(crate) struct LayerLora {
 }
 
 /// Applies `m` (if any) to `y` for input `x`.
-pub(crate) fn apply(
-    m: &Option<LoraMat>,
-    y: &mut [f32],
-    x: &[f32],
-    t_n: usize,
-    tmp: &mut Vec<f32>,
-) {
+pub(crate) fn apply(m: &Option<LoraMat>, y: &mut [f32], x: &[f32], t_n: usize, tmp: &mut Vec<f32>) {
     if let Some(m) = m {
         m.apply(y, x, t_n, tmp);
     }
@@ -405,7 +405,11 @@ impl Model {
     /// adapter's `alpha / rank`, as llama.cpp's `--lora-scaled`). Refused with
     /// [`ModelError::BadAdapter`] when the adapter names a tensor the model lacks, has
     /// other shapes, or another architecture.
-    pub fn with_lora(mut self, adapter: &LoraAdapter, user_scale: f32) -> Result<Model, ModelError> {
+    pub fn with_lora(
+        mut self,
+        adapter: &LoraAdapter,
+        user_scale: f32,
+    ) -> Result<Model, ModelError> {
         if !user_scale.is_finite() {
             return Err(bad(format!("scale {user_scale}")));
         }

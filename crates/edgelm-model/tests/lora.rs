@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use edgelm_gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use edgelm_kernels::ThreadPool;
-use edgelm_model::{LoraAdapter, Logits, Model, ModelError};
+use edgelm_model::{Logits, LoraAdapter, Model, ModelError};
 
 const C: usize = 64;
 const H: usize = 4;
@@ -105,8 +105,11 @@ fn model_file(tensors: &[(String, Vec<usize>, Vec<f32>)], ff: usize) -> Arc<Gguf
     Arc::new(GgufFile::from_bytes(w.to_bytes()).unwrap())
 }
 
-/// Adapters on every projection: name → (A [R, C], B [OC, R]).
-fn adapters() -> HashMap<String, (Vec<f32>, Vec<f32>, [usize; 2])> {
+/// Base tensor name → (A [R, C], B [OC, R], [OC, C]).
+type Adapters = HashMap<String, (Vec<f32>, Vec<f32>, [usize; 2])>;
+
+/// Adapters on every projection.
+fn adapters() -> Adapters {
     let mut rng = Rng(17);
     projections()
         .into_iter()
@@ -114,11 +117,7 @@ fn adapters() -> HashMap<String, (Vec<f32>, Vec<f32>, [usize; 2])> {
         .collect()
 }
 
-fn adapter_file(
-    ad: &HashMap<String, (Vec<f32>, Vec<f32>, [usize; 2])>,
-    md: &[(&str, Value)],
-    a_dims_swapped: bool,
-) -> GgufFile {
+fn adapter_file(ad: &Adapters, md: &[(&str, Value)], a_dims_swapped: bool) -> GgufFile {
     let mut w = GgufWriter::new();
     for (k, v) in md {
         w.add_metadata(*k, v.clone()).unwrap();
@@ -132,8 +131,13 @@ fn adapter_file(
         } else {
             [*i as u64, R as u64]
         };
-        w.add_tensor(format!("{name}.lora_a"), &a_dims, GgmlType::F32, f32_bytes(a))
-            .unwrap();
+        w.add_tensor(
+            format!("{name}.lora_a"),
+            &a_dims,
+            GgmlType::F32,
+            f32_bytes(a),
+        )
+        .unwrap();
         w.add_tensor(
             format!("{name}.lora_b"),
             &[R as u64, *o as u64],
@@ -228,7 +232,10 @@ fn adapter_logits_equal_the_merged_models() {
     let median = diffs[diffs.len() / 2];
     eprintln!("median |logit diff| {median:.2e}");
     assert!(d < 2e-4 * top, "adapter vs merged {d} of {top}");
-    assert!(median < 1e-5 * top, "adapter vs merged: median {median} of {top}");
+    assert!(
+        median < 1e-5 * top,
+        "adapter vs merged: median {median} of {top}"
+    );
 
     // The library's merge (what `edgelm lora-merge` writes) gives the same logits.
     let base_file = model_file(&tensors, FF);

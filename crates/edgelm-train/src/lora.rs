@@ -153,7 +153,10 @@ impl LoraConfig {
             return bad("lora-alpha", format!("{} (expected > 0)", self.alpha));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("lora-dropout", format!("{} (expected 0 <= p < 1)", self.dropout));
+            return bad(
+                "lora-dropout",
+                format!("{} (expected 0 <= p < 1)", self.dropout),
+            );
         }
         if self.targets.is_empty() {
             return bad("lora-targets", "no projection given".into());
@@ -302,7 +305,10 @@ impl LoraParams {
                             .collect(),
                     )
                 } else {
-                    (GgmlType::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                    (
+                        GgmlType::F32,
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    )
                 }
             };
             let (ty, bytes) = enc(&self.values[ra]);
@@ -396,8 +402,19 @@ fn gemm(
     c: &mut [f32],
     acc: bool,
 ) {
-    sgemm(m, n, k, a.0, a.1, b.0, b.1, c, acc, rayon::current_num_threads())
-        .expect("lora gemm: buffers sized by the caller's shape");
+    sgemm(
+        m,
+        n,
+        k,
+        a.0,
+        a.1,
+        b.0,
+        b.1,
+        c,
+        acc,
+        rayon::current_num_threads(),
+    )
+    .expect("lora gemm: buffers sized by the caller's shape");
 }
 
 /// `u = s · x · Aᵀ` ([N, R], saved for the backward); `y += u · Bᵀ` ([N, OC]). `x` is the
@@ -405,12 +422,28 @@ fn gemm(
 pub fn lora_forward(y: &mut [f32], u: &mut [f32], x: &[f32], a: &[f32], b: &[f32], sh: LoraShape) {
     let LoraShape { n, c, oc, r, scale } = sh;
     // u[n, r] = s Σ_c x[n, c] a[r, c]
-    gemm(n, r, c, (x, Layout::Normal), (a, Layout::Transposed), u, false);
+    gemm(
+        n,
+        r,
+        c,
+        (x, Layout::Normal),
+        (a, Layout::Transposed),
+        u,
+        false,
+    );
     for v in u.iter_mut() {
         *v *= scale;
     }
     // y[n, o] += Σ_r u[n, r] b[o, r]
-    gemm(n, oc, r, (u, Layout::Normal), (b, Layout::Transposed), y, true);
+    gemm(
+        n,
+        oc,
+        r,
+        (u, Layout::Normal),
+        (b, Layout::Transposed),
+        y,
+        true,
+    );
 }
 
 /// Backward of [`lora_forward`] for `dy` ([N, OC]): `dB += dyᵀ · u`, `du = s · dy · B`
@@ -430,14 +463,38 @@ pub fn lora_backward(
 ) {
     let LoraShape { n, c, oc, r, scale } = sh;
     // y += u · Bᵀ: dB[o, r] += Σ_n dy[n, o] u[n, r]
-    gemm(oc, r, n, (dy, Layout::Transposed), (u, Layout::Normal), db, true);
+    gemm(
+        oc,
+        r,
+        n,
+        (dy, Layout::Transposed),
+        (u, Layout::Normal),
+        db,
+        true,
+    );
     // du[n, r] = s Σ_o dy[n, o] b[o, r]
-    gemm(n, r, oc, (dy, Layout::Normal), (b, Layout::Normal), du, false);
+    gemm(
+        n,
+        r,
+        oc,
+        (dy, Layout::Normal),
+        (b, Layout::Normal),
+        du,
+        false,
+    );
     for v in du.iter_mut() {
         *v *= scale;
     }
     // u = s · x · Aᵀ: dA[r, c] += Σ_n du[n, r] x[n, c]
-    gemm(r, c, n, (du, Layout::Transposed), (x, Layout::Normal), da, true);
+    gemm(
+        r,
+        c,
+        n,
+        (du, Layout::Transposed),
+        (x, Layout::Normal),
+        da,
+        true,
+    );
     // dx[n, c] += Σ_r du[n, r] a[r, c]
     gemm(n, c, r, (du, Layout::Normal), (a, Layout::Normal), dx, true);
 }

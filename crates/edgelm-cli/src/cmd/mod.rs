@@ -214,13 +214,15 @@ pub fn load_model_with(path: &Path, file: &Arc<GgufFile>, lora: &LoraArgs) -> Re
         .with_context(|| format!("cannot read the LoRA adapter {}", lp.display()))?;
     let adapter = edgelm_model::LoraAdapter::from_gguf(&af)
         .with_context(|| format!("cannot read the LoRA adapter {}", lp.display()))?;
-    let model = model.with_lora(&adapter, lora.lora_scale).with_context(|| {
-        format!(
-            "cannot apply the LoRA adapter {} to {}",
-            lp.display(),
-            path.display()
-        )
-    })?;
+    let model = model
+        .with_lora(&adapter, lora.lora_scale)
+        .with_context(|| {
+            format!(
+                "cannot apply the LoRA adapter {} to {}",
+                lp.display(),
+                path.display()
+            )
+        })?;
     tracing::info!(adapter = %lp.display(), scale = lora.lora_scale, "LoRA adapter applied");
     Ok(Arc::new(model))
 }

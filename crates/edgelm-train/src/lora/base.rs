@@ -202,7 +202,10 @@ impl FrozenBase {
         match self.mats[index].as_ref().expect("a matrix index") {
             Mat::Owned(v) => Ok(&v[r0 * n_in..r1 * n_in]),
             Mat::File { index: ti, ty } => {
-                let file = self.file.as_ref().expect("file-backed matrices have a file");
+                let file = self
+                    .file
+                    .as_ref()
+                    .expect("file-backed matrices have a file");
                 let data = file.tensor_data(&file.tensors()[*ti]);
                 let rb = n_in / ty.block_size() * ty.type_size();
                 let out = &mut buf[..(r1 - r0) * n_in];
@@ -288,8 +291,19 @@ fn gemm(
     c: &mut [f32],
     acc: bool,
 ) {
-    sgemm(m, n, k, a.0, a.1, b.0, b.1, c, acc, rayon::current_num_threads())
-        .expect("frozen matmul: buffers sized by the caller's layout");
+    sgemm(
+        m,
+        n,
+        k,
+        a.0,
+        a.1,
+        b.0,
+        b.1,
+        c,
+        acc,
+        rayon::current_num_threads(),
+    )
+    .expect("frozen matmul: buffers sized by the caller's layout");
 }
 
 /// `out = x · Wᵀ` (or `out +=` when `add`) for frozen matrix `index` (`W`: [OC, C]); `x`:
@@ -303,7 +317,10 @@ pub(crate) fn frozen_matmul_forward(
     n: usize,
     add: bool,
 ) -> Result<(), TrainError> {
-    let (oc, c) = (base.layout.specs()[index].shape[0], base.layout.specs()[index].shape[1]);
+    let (oc, c) = (
+        base.layout.specs()[index].shape[0],
+        base.layout.specs()[index].shape[1],
+    );
     let br = block_rows(c, oc);
     let mut r0 = 0;
     while r0 < oc {
@@ -311,10 +328,26 @@ pub(crate) fn frozen_matmul_forward(
         let k = r1 - r0;
         let w = base.rows(index, r0, r1, &mut s.rows)?;
         if k == oc {
-            gemm(n, oc, c, (x, Layout::Normal), (w, Layout::Transposed), out, add);
+            gemm(
+                n,
+                oc,
+                c,
+                (x, Layout::Normal),
+                (w, Layout::Transposed),
+                out,
+                add,
+            );
         } else {
             let tmp = &mut s.cols[..n * k];
-            gemm(n, k, c, (x, Layout::Normal), (w, Layout::Transposed), tmp, false);
+            gemm(
+                n,
+                k,
+                c,
+                (x, Layout::Normal),
+                (w, Layout::Transposed),
+                tmp,
+                false,
+            );
             for (orow, trow) in out.chunks_exact_mut(oc).zip(tmp.chunks_exact(k)) {
                 let dst = &mut orow[r0..r1];
                 if add {
@@ -340,7 +373,10 @@ pub(crate) fn frozen_matmul_backward(
     dy: &[f32],
     n: usize,
 ) -> Result<(), TrainError> {
-    let (oc, c) = (base.layout.specs()[index].shape[0], base.layout.specs()[index].shape[1]);
+    let (oc, c) = (
+        base.layout.specs()[index].shape[0],
+        base.layout.specs()[index].shape[1],
+    );
     let br = block_rows(c, oc);
     let mut r0 = 0;
     while r0 < oc {
@@ -348,13 +384,29 @@ pub(crate) fn frozen_matmul_backward(
         let k = r1 - r0;
         let w = base.rows(index, r0, r1, &mut s.rows)?;
         if k == oc {
-            gemm(n, c, oc, (dy, Layout::Normal), (w, Layout::Normal), dx, true);
+            gemm(
+                n,
+                c,
+                oc,
+                (dy, Layout::Normal),
+                (w, Layout::Normal),
+                dx,
+                true,
+            );
         } else {
             let tmp = &mut s.cols[..n * k];
             for (trow, drow) in tmp.chunks_exact_mut(k).zip(dy.chunks_exact(oc)) {
                 trow.copy_from_slice(&drow[r0..r1]);
             }
-            gemm(n, c, k, (tmp, Layout::Normal), (w, Layout::Normal), dx, true);
+            gemm(
+                n,
+                c,
+                k,
+                (tmp, Layout::Normal),
+                (w, Layout::Normal),
+                dx,
+                true,
+            );
         }
         r0 = r1;
     }

@@ -120,7 +120,11 @@ impl LoraWorkspace {
         }
         let r = lora.config().rank;
         let wide = c.max(ff).max(qd);
-        let drop_n = if lora.config().dropout > 0.0 { n * wide } else { 0 };
+        let drop_n = if lora.config().dropout > 0.0 {
+            n * wide
+        } else {
+            0
+        };
         Ok(LoraWorkspace {
             b,
             t,
@@ -251,7 +255,10 @@ fn check_shapes(base: &FrozenBase, lora: &LoraParams) -> Result<(), TrainError> 
         if s.layer >= cfg.n_layer || (s.n_in, s.n_out) != (n_in, n_out) {
             return Err(TrainError::TensorMismatch {
                 name: s.base_name(),
-                expected: format!("an adapter for [{n_out}, {n_in}] in one of {} blocks", cfg.n_layer),
+                expected: format!(
+                    "an adapter for [{n_out}, {n_in}] in one of {} blocks",
+                    cfg.n_layer
+                ),
                 found: format!("[{}, {}] in block {}", s.n_out, s.n_in, s.layer),
             });
         }
@@ -394,7 +401,16 @@ pub fn forward(
     for (l, lp) in lay.layers.iter().enumerate() {
         let mut adapt = |target: LoraTarget, x: &[f32], y: &mut [f32]| {
             if let Some(ai) = lora.index(l, target) {
-                adapter_forward(lora, &mut ws.lora_u, &mut ws.xdrop, dropout_seed, ai, x, y, n);
+                adapter_forward(
+                    lora,
+                    &mut ws.lora_u,
+                    &mut ws.xdrop,
+                    dropout_seed,
+                    ai,
+                    x,
+                    y,
+                    n,
+                );
             }
         };
         let (done, rest) = ws.resid.split_at_mut((l + 1) * nc);

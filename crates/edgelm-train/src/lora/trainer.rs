@@ -74,7 +74,8 @@ impl LoraTrainer {
 
     /// Bytes of the step's buffers (workspace, gradients, moments, adapters).
     pub fn buffer_bytes(&self) -> usize {
-        self.ws.bytes() + 4 * (self.grads.len() + self.opt.m.len() + self.opt.v.len())
+        self.ws.bytes()
+            + 4 * (self.grads.len() + self.opt.m.len() + self.opt.v.len())
             + 4 * self.lora.n_params()
     }
 
@@ -302,9 +303,8 @@ impl LoraTrainer {
                 reason: format!("format {format} (expected {LORA_CHECKPOINT_FORMAT})"),
             });
         }
-        let base_cfg =
-            serde_json::to_string(&crate::ConfigFile::from_model_config(base.config()))
-                .expect("a config serializes");
+        let base_cfg = serde_json::to_string(&crate::ConfigFile::from_model_config(base.config()))
+            .expect("a config serializes");
         let ckpt_cfg = meta(CONFIG_KEY)?;
         if *ckpt_cfg != base_cfg {
             return Err(TrainError::Checkpoint {
@@ -319,8 +319,8 @@ impl LoraTrainer {
             path: what.clone(),
             reason: format!("bad {k}: {e}"),
         };
-        let lcfg: LoraConfig = serde_json::from_str(meta("edgelm.lora")?)
-            .map_err(|e| parse_err("edgelm.lora", &e))?;
+        let lcfg: LoraConfig =
+            serde_json::from_str(meta("edgelm.lora")?).map_err(|e| parse_err("edgelm.lora", &e))?;
         let mut options: TrainOptions = serde_json::from_str(meta("edgelm.options")?)
             .map_err(|e| parse_err("edgelm.options", &e))?;
         if let Some(n) = total_steps {
