@@ -161,6 +161,26 @@ fn lora_finetune_run_perplexity_merge() {
         "merged {m} vs adapter {lora}"
     );
 
+    // Requantized to the base's own types: a file of the base's size that loads and runs.
+    let same = dir.path().join("merged-q.gguf");
+    let o = edgelm()
+        .arg("lora-merge")
+        .arg("-m")
+        .arg(&model)
+        .arg("--lora")
+        .arg(&adapter)
+        .arg("-o")
+        .arg(&same)
+        .args(["--type", "same", "-q"])
+        .output()
+        .unwrap();
+    ok(&o, "lora-merge --type same");
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(len(&same), len(&model));
+    let q = ppl(&same, &data, &[]);
+    eprintln!("perplexity merged and requantized: {q:.3}");
+    assert!(q.is_finite() && q > 1.0);
+
     // A model is not an adapter; an adapter cannot be merged into a file that is not GGUF.
     let o = edgelm()
         .arg("run")

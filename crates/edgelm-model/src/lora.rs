@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use edgelm_gguf::{GgmlType, GgufFile, GgufWriter};
+use edgelm_gguf::{GgmlType, GgufFile, GgufWriter, TensorInfo};
 use edgelm_kernels::dense::{sgemm, Layout};
 
 use crate::weights::{Matrix, Weights};
@@ -170,30 +170,61 @@ impl LoraAdapter {
         user_scale: f32,
         f16: bool,
     ) -> Result<GgufWriter<'a>, ModelError> {
+        self.merge_into_gguf_with(base, user_scale, |_, wv: &[f32]| {
+            Ok::<_, ModelError>(if f16 {
+                (
+                    GgmlType::F16,
+                    wv.iter()
+                        .flat_map(|&x| edgelm_kernels::f32_to_f16(x).to_le_bytes())
+                        .collect(),
+                )
+            } else {
+                (
+                    GgmlType::F32,
+                    wv.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            })
+        })
+    }
+
+    /// [`LoraAdapter::merge_into_gguf`] with the merged matrices encoded by `encode` (given
+    /// the base tensor and the merged values, row-major `[OC, C]`): to requantize them to
+    /// the base's own type, say.
+    pub fn merge_into_gguf_with<'a, E: From<ModelError>>(
+        &self,
+        base: &'a GgufFile,
+        user_scale: f32,
+        mut encode: impl FnMut(&TensorInfo, &[f32]) -> Result<(GgmlType, Vec<u8>), E>,
+    ) -> Result<GgufWriter<'a>, E> {
+        let gg = |e: edgelm_gguf::GgufError| E::from(ModelError::from(e));
         let arch = base
             .metadata()
-            .get_opt_str("general.architecture")?
+            .get_opt_str("general.architecture")
+            .map_err(gg)?
             .unwrap_or("");
         if arch != self.arch {
             return Err(bad(format!(
                 "made for architecture {}, the model is {arch}",
                 self.arch
-            )));
+            ))
+            .into());
         }
         for name in self.pairs.keys() {
             if base.tensor(name).is_none() {
                 return Err(bad(format!(
                     "tensor {name} does not exist in the base model (wrong base model?)"
-                )));
+                ))
+                .into());
             }
         }
         let mut w = GgufWriter::new();
         for (key, value) in base.metadata().iter() {
-            w.add_metadata(key, value.clone())?;
+            w.add_metadata(key, value.clone()).map_err(gg)?;
         }
         for t in base.tensors() {
             let Some(p) = self.pairs.get(&t.name) else {
-                w.add_tensor(t.name.clone(), &t.dims, t.ty, base.tensor_data(t))?;
+                w.add_tensor(t.name.clone(), &t.dims, t.ty, base.tensor_data(t))
+                    .map_err(gg)?;
                 continue;
             };
             let mut dims = t.dims.clone();
@@ -205,15 +236,16 @@ impl LoraAdapter {
                     "{}: the adapter is for ggml dims [{}, {}], the model's are {:?} (an \
                      adapter for another model?)",
                     t.name, p.n_in, p.n_out, t.dims
-                )));
+                ))
+                .into());
             }
             let mut wv = vec![0.0f32; p.n_in * p.n_out];
-            edgelm_kernels::dequantize_row(t.ty, base.tensor_data(t), &mut wv).map_err(
-                |source| ModelError::Kernel {
+            edgelm_kernels::dequantize_row(t.ty, base.tensor_data(t), &mut wv)
+                .map_err(|source| ModelError::Kernel {
                     op: format!("dequantize {}", t.name),
                     source,
-                },
-            )?;
+                })
+                .map_err(E::from)?;
             // B·A scaled, then added: W[o, c] += s Σ_r B[o, r] A[r, c]
             let mut ab = vec![0.0f32; p.n_out * p.n_in];
             sgemm(
@@ -228,28 +260,18 @@ impl LoraAdapter {
                 false,
                 0,
             )
-            .map_err(|source| ModelError::Kernel {
-                op: format!("merge {}", t.name),
-                source,
+            .map_err(|source| {
+                E::from(ModelError::Kernel {
+                    op: format!("merge {}", t.name),
+                    source,
+                })
             })?;
             let s = self.scale(p.r, user_scale);
             for (x, d) in wv.iter_mut().zip(&ab) {
                 *x += s * d;
             }
-            let (ty, bytes): (GgmlType, Vec<u8>) = if f16 {
-                (
-                    GgmlType::F16,
-                    wv.iter()
-                        .flat_map(|&x| edgelm_kernels::f32_to_f16(x).to_le_bytes())
-                        .collect(),
-                )
-            } else {
-                (
-                    GgmlType::F32,
-                    wv.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                )
-            };
-            w.add_tensor(t.name.clone(), &dims, ty, bytes)?;
+            let (ty, bytes) = encode(t, &wv)?;
+            w.add_tensor(t.name.clone(), &dims, ty, bytes).map_err(gg)?;
         }
         Ok(w)
     }
