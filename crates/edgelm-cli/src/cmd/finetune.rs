@@ -17,6 +17,9 @@
 //! - `{"event":"checkpoint","step","path"}`
 //! - `{"event":"done","step","train_loss","seconds"}`
 //! - `{"event":"export","path"}` (with `--export-gguf`: `OUT/model.gguf`, loadable by `edgelm run`)
+//! - with `--lora-rank` (LoRA on the frozen base, `finetune_lora.rs`): first
+//!   `{"event":"lora","rank","alpha","dropout","targets","adapter_params","buffer_bytes"}`, and
+//!   the export event names `OUT/adapter.gguf`
 
 use std::io::Write;
 use std::path::PathBuf;
