@@ -42,6 +42,8 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Fine-tune a model's weights on a text file (f32, on the CPU), with checkpoints.
     Finetune(cmd::finetune::FinetuneArgs),
+    /// Merge a LoRA adapter into a model's weights, writing a new GGUF.
+    LoraMerge(cmd::lora_merge::LoraMergeArgs),
     /// Convert a model's weights to another type, as llama-quantize does.
     Quantize(cmd::quantize::QuantizeArgs),
     /// Compare a model with its base on a text: both perplexities, KL divergence, top-1 agreement.
@@ -62,6 +64,7 @@ impl Command {
             Command::Bench(a) => &a.global,
             Command::Serve(a) => &a.global,
             Command::Finetune(a) => &a.global,
+            Command::LoraMerge(a) => &a.global,
             Command::Quantize(a) => &a.global,
             Command::Eval(a) => &a.global,
             Command::Imatrix(a) => &a.global,
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Finetune(a) => cmd::finetune::run(a),
+        Command::LoraMerge(a) => cmd::lora_merge::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Imatrix(a) => cmd::imatrix::run(a),

@@ -88,6 +88,12 @@ pub enum ModelError {
         /// Why it is rejected.
         reason: String,
     },
+    /// A LoRA adapter file cannot be applied to this model.
+    #[error("LoRA adapter: {reason}")]
+    BadAdapter {
+        /// Why (tensor, shape or metadata at fault).
+        reason: String,
+    },
     /// A size computation overflowed.
     #[error("size overflow computing {what}")]
     Overflow {

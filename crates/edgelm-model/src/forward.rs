@@ -29,6 +29,7 @@ use half::f16;
 
 use crate::config::ModelConfig;
 use crate::kern::{self, act_bytes};
+use crate::lora;
 use crate::weights::{Matrix, Weights};
 use crate::{CacheType, Logits, Model, ModelError, State};
 
@@ -238,6 +239,7 @@ fn forward_batch(
         s,
         logits,
         observer,
+        lora_tmp,
         ..
     } = state;
     // Inputs of the matrix products, for an installed observer (importance matrices).
@@ -291,6 +293,12 @@ fn forward_batch(
             &mut s.act,
             [(&l.wq, &mut s.q), (&l.wk, &mut s.k), (&l.wv, &mut s.v)],
         )?;
+        let ll = model.lora.as_ref().map(|v| &v[il]);
+        if let Some(ll) = ll {
+            lora::apply(&ll.q, &mut s.q, xn, t_n, lora_tmp);
+            lora::apply(&ll.k, &mut s.k, xn, t_n, lora_tmp);
+            lora::apply(&ll.v, &mut s.v, xn, t_n, lora_tmp);
+        }
         add_bias(&mut s.q[..t_n * qd], l.bq.as_deref());
         add_bias(&mut s.k[..t_n * kvd], l.bk.as_deref());
         add_bias(&mut s.v[..t_n * kvd], l.bv.as_deref());
@@ -448,6 +456,9 @@ fn forward_batch(
             &l.wo.name,
         )?;
         kern::matmul(pool, file, &l.wo, act, t_n, &mut s.proj)?;
+        if let Some(ll) = ll {
+            lora::apply(&ll.o, &mut s.proj, &s.attn[..t_n * qd], t_n, lora_tmp);
+        }
         add_bias(&mut s.proj[..t_n * c], l.bo.as_deref());
         add_into(&mut s.x[..t_n * c], &s.proj[..t_n * c]);
 
@@ -470,6 +481,10 @@ fn forward_batch(
             &mut s.act,
             [(&l.w_gate, &mut s.gate), (&l.w_up, &mut s.up)],
         )?;
+        if let Some(ll) = ll {
+            lora::apply(&ll.gate, &mut s.gate, xn, t_n, lora_tmp);
+            lora::apply(&ll.up, &mut s.up, xn, t_n, lora_tmp);
+        }
         let ff = t_n * cfg.n_ff;
         let (gate, up) = (&s.gate, &s.up);
         pool.for_each_row_mut(&mut s.hidden[..ff], cfg.n_ff, 1, |t, h| {
@@ -486,6 +501,9 @@ fn forward_batch(
             &l.w_down.name,
         )?;
         kern::matmul(pool, file, &l.w_down, act, t_n, &mut s.proj)?;
+        if let Some(ll) = ll {
+            lora::apply(&ll.down, &mut s.proj, &s.hidden[..ff], t_n, lora_tmp);
+        }
         add_into(&mut s.x[..t_n * c], &s.proj[..t_n * c]);
     }
 

@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod forward;
 mod kern;
+mod lora;
 mod weights;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use half::f16;
 pub use config::{Arch, ModelConfig};
 pub use error::ModelError;
 pub use forward::many::DecodeBatch;
+pub use lora::LoraAdapter;
 
 use weights::Weights;
 
@@ -54,6 +56,8 @@ pub struct Model {
     file: Arc<GgufFile>,
     config: ModelConfig,
     weights: Weights,
+    /// LoRA adapters applied in the forward (`Model::with_lora`), one entry per block.
+    lora: Option<Vec<lora::LayerLora>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -127,6 +131,8 @@ pub struct State {
     /// Sees the input of every matrix product (importance-matrix collection); `None` in
     /// normal use, when the forward pass does no extra work.
     pub(crate) observer: Option<Box<dyn ActivationObserver>>,
+    /// [T, R] scratch of LoRA adapters (grows once, on the first batch with an adapter).
+    pub(crate) lora_tmp: Vec<f32>,
 }
 
 /// Receives the input rows of each weight matrix during a forward pass, before they are
@@ -211,6 +217,7 @@ impl Model {
             file,
             config,
             weights,
+            lora: None,
         })
     }
 
@@ -291,6 +298,7 @@ impl Model {
             s,
             logits: vec![0.0; cfg.n_vocab],
             observer: None,
+            lora_tmp: Vec::new(),
         })
     }
 

@@ -14,6 +14,7 @@ mod config;
 pub mod data;
 mod error;
 mod export;
+pub mod lora;
 mod model;
 pub mod ops;
 pub mod optim;

@@ -95,7 +95,7 @@ impl Dataset {
     }
 
     /// Writes window `i`'s inputs and targets ([T] each).
-    fn fill(&self, i: usize, inputs: &mut [u32], targets: &mut [u32]) {
+    pub(crate) fn fill(&self, i: usize, inputs: &mut [u32], targets: &mut [u32]) {
         let w = i * (self.t + 1)..(i + 1) * (self.t + 1);
         let win = &self.windows[w.clone()];
         inputs.copy_from_slice(&win[..self.t]);
@@ -156,7 +156,7 @@ fn splitmix(state: &mut u64) -> u64 {
 }
 
 /// The window order of one epoch (Fisher–Yates with SplitMix64).
-fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+pub(crate) fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut s = seed ^ epoch.wrapping_mul(0xD134_2543_DE82_EF95);
     let mut p: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {

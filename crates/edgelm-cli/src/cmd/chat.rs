@@ -40,6 +40,8 @@ pub struct ChatArgs {
     #[command(flatten)]
     pub cache: super::CacheArgs,
     #[command(flatten)]
+    pub lora: super::LoraArgs,
+    #[command(flatten)]
     pub global: GlobalArgs,
 }
 
@@ -52,7 +54,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let (path, file) = super::open_gguf(args.model.as_deref())?;
     let tok = super::load_tokenizer(&path, &file)?;
     let template = chat_template(&file, &tok)?;
-    let model = super::load_model(&path, &file)?;
+    let model = super::load_model_with(&path, &file, &args.lora)?;
     let pool = super::thread_pool(&args.global)?;
     let mut session = Session::with_cache_type(
         model,

@@ -17,6 +17,9 @@
 //! - `{"event":"checkpoint","step","path"}`
 //! - `{"event":"done","step","train_loss","seconds"}`
 //! - `{"event":"export","path"}` (with `--export-gguf`: `OUT/model.gguf`, loadable by `edgelm run`)
+//! - with `--lora-rank` (LoRA on the frozen base, `finetune_lora.rs`): first
+//!   `{"event":"lora","rank","alpha","dropout","targets","adapter_params","buffer_bytes"}`, and
+//!   the export event names `OUT/adapter.gguf`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,7 +30,7 @@ use clap::Args;
 use edgelm_tokenizer::ChatTemplate;
 use edgelm_train::data::{read_jsonl, OnBadLine};
 use edgelm_train::optim::{AdamWConfig, Schedule};
-use edgelm_train::train::{Dataset, TrainOptions, Trainer};
+use edgelm_train::train::{Dataset, StepStats, TrainOptions, Trainer};
 use edgelm_train::{ExportType, TrainError, TrainModel};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -101,6 +104,19 @@ pub struct FinetuneArgs {
     /// schedule spans --steps: for time-boxed sessions continued with --resume.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub stop_after: Option<u64>,
+    /// LoRA: train rank-R adapters on a frozen base (kept in its quantized types) instead
+    /// of every weight; writes OUT/adapter.gguf (llama.cpp's LoRA format) at the end.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub lora_rank: Option<u32>,
+    /// LoRA alpha (the update is scaled by alpha / rank; default: 2 × rank).
+    #[arg(long, requires = "lora_rank")]
+    pub lora_alpha: Option<f32>,
+    /// LoRA dropout on the adapters' inputs.
+    #[arg(long, default_value_t = 0.0, requires = "lora_rank")]
+    pub lora_dropout: f32,
+    /// Projections with adapters: q,k,v,o,gate,up,down (or attn, mlp, all).
+    #[arg(long, default_value = "all", requires = "lora_rank")]
+    pub lora_targets: String,
     #[command(flatten)]
     pub global: GlobalArgs,
 }
@@ -193,6 +209,9 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
                        "skipped": skipped});
         println!("{v}");
     }
+    if args.lora_rank.is_some() {
+        return super::finetune_lora::run(args, &path, &file, &train_data, &eval_data);
+    }
     let model = TrainModel::from_gguf(&file)
         .with_context(|| format!("cannot load {} for training", path.display()))?;
     let n_threads = args.global.n_threads();
@@ -257,9 +276,32 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     Ok(())
 }
 
-fn train_loop(
+/// What the loop needs of a run: full fine-tuning ([`Trainer`]) or LoRA.
+pub(super) trait Run {
+    fn step(&mut self, data: &Dataset) -> Result<StepStats, TrainError>;
+    fn eval(&mut self, data: &Dataset, max_batches: usize) -> Result<f32, TrainError>;
+    fn save(&self, path: &std::path::Path) -> Result<(), TrainError>;
+    fn step_count(&self) -> u64;
+}
+
+impl Run for Trainer {
+    fn step(&mut self, data: &Dataset) -> Result<StepStats, TrainError> {
+        Trainer::step(self, data)
+    }
+    fn eval(&mut self, data: &Dataset, max_batches: usize) -> Result<f32, TrainError> {
+        Trainer::eval(self, data, max_batches)
+    }
+    fn save(&self, path: &std::path::Path) -> Result<(), TrainError> {
+        Trainer::save(self, path)
+    }
+    fn step_count(&self) -> u64 {
+        Trainer::step_count(self)
+    }
+}
+
+pub(super) fn train_loop<R: Run>(
     args: &FinetuneArgs,
-    trainer: &mut Trainer,
+    trainer: &mut R,
     train_data: &Dataset,
     eval_data: &Dataset,
     ckpt: &std::path::Path,

@@ -5,9 +5,11 @@ pub mod chat;
 pub mod eval;
 pub mod fetch;
 pub mod finetune;
+pub mod finetune_lora;
 pub mod gptq;
 pub mod imatrix;
 pub mod info;
+pub mod lora_merge;
 pub mod perplexity;
 pub mod quantize;
 pub mod run;
@@ -185,6 +187,43 @@ pub fn load_tokenizer(path: &Path, file: &GgufFile) -> Result<Arc<Tokenizer>> {
 pub fn load_model(path: &Path, file: &Arc<GgufFile>) -> Result<Arc<Model>> {
     let model = Model::load(Arc::clone(file))
         .with_context(|| format!("cannot load the model in {}", path.display()))?;
+    Ok(Arc::new(model))
+}
+
+/// `--lora FILE [--lora-scale S]`: a LoRA adapter (GGUF, llama.cpp's format) applied to the
+/// model in every forward.
+#[derive(Debug, Clone, Args)]
+pub struct LoraArgs {
+    /// LoRA adapter GGUF to apply (made by `edgelm finetune --lora-rank`, or llama.cpp's
+    /// convert_lora_to_gguf.py).
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Multiplier of the adapter's alpha / rank.
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    pub lora_scale: f32,
+}
+
+/// The model bound to the file's tensors, with the adapter of `lora` when one is given.
+pub fn load_model_with(path: &Path, file: &Arc<GgufFile>, lora: &LoraArgs) -> Result<Arc<Model>> {
+    let Some(lp) = &lora.lora else {
+        return load_model(path, file);
+    };
+    let model = Model::load(Arc::clone(file))
+        .with_context(|| format!("cannot load the model in {}", path.display()))?;
+    let af = GgufFile::open(lp)
+        .with_context(|| format!("cannot read the LoRA adapter {}", lp.display()))?;
+    let adapter = edgelm_model::LoraAdapter::from_gguf(&af)
+        .with_context(|| format!("cannot read the LoRA adapter {}", lp.display()))?;
+    let model = model
+        .with_lora(&adapter, lora.lora_scale)
+        .with_context(|| {
+            format!(
+                "cannot apply the LoRA adapter {} to {}",
+                lp.display(),
+                path.display()
+            )
+        })?;
+    tracing::info!(adapter = %lp.display(), scale = lora.lora_scale, "LoRA adapter applied");
     Ok(Arc::new(model))
 }
 

@@ -35,6 +35,8 @@ pub struct PerplexityArgs {
     #[command(flatten)]
     pub cache: super::CacheArgs,
     #[command(flatten)]
+    pub lora: super::LoraArgs,
+    #[command(flatten)]
     pub global: GlobalArgs,
 }
 
@@ -52,7 +54,7 @@ pub fn run(args: &PerplexityArgs) -> Result<()> {
         ms = t0.elapsed().as_secs_f64() * 1e3,
         "tokenized"
     );
-    let model = super::load_model(&path, &file)?;
+    let model = super::load_model_with(&path, &file, &args.lora)?;
     let pool = super::thread_pool(&args.global)?;
     let opts = PerplexityOptions {
         n_ctx: args.ctx_size as usize,

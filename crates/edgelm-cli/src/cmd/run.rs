@@ -56,6 +56,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub cache: super::CacheArgs,
     #[command(flatten)]
+    pub lora: super::LoraArgs,
+    #[command(flatten)]
     pub global: GlobalArgs,
 }
 
@@ -114,7 +116,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if prompt.is_empty() {
         anyhow::bail!("the prompt tokenizes to no tokens");
     }
-    let model = super::load_model(&path, &file)?;
+    let model = super::load_model_with(&path, &file, &args.lora)?;
     let pool = super::thread_pool(&args.global)?;
     let mut session = Session::with_cache_type(
         model,

@@ -106,6 +106,14 @@ pub(crate) fn forward_decode<'b>(
             });
         }
     }
+    if model.lora.is_some() {
+        return Err(ModelError::InvalidArgument {
+            name: "lora",
+            reason: "batched decoding (forward_decode) does not apply LoRA adapters; use \
+                     Model::forward, or merge the adapter (edgelm lora-merge)"
+                .into(),
+        });
+    }
     let _span = tracing::debug_span!("forward_decode", n_seqs = t_n).entered();
 
     let file = &*model.file;
