@@ -17,6 +17,7 @@ use crate::quant::{
 use crate::GgmlType;
 
 mod attn;
+mod fdots;
 mod kquants;
 mod ktile;
 
@@ -57,6 +58,18 @@ pub(crate) fn install(k: &mut Kernels) {
             GgmlType::Q6_K => {
                 row.vec_dot = Some(vec_dot_q6_k_q8_k);
                 row.vec_dot4 = Some(vec_dot4_q6_k_q8_k);
+            }
+            GgmlType::F32 => {
+                row.vec_dot = Some(fdots::vec_dot_f32);
+                row.vec_dot4 = Some(fdots::vec_dot4_f32);
+            }
+            GgmlType::F16 => {
+                row.vec_dot = Some(fdots::vec_dot_f16);
+                row.vec_dot4 = Some(fdots::vec_dot4_f16);
+            }
+            GgmlType::BF16 => {
+                row.vec_dot = Some(fdots::vec_dot_bf16);
+                row.vec_dot4 = Some(fdots::vec_dot4_bf16);
             }
             _ => {}
         }
