@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod distill;
 pub mod eval;
 pub mod fetch;
 pub mod finetune;
@@ -10,6 +11,7 @@ pub mod imatrix;
 pub mod info;
 pub mod perplexity;
 pub mod quantize;
+pub mod report_train;
 pub mod run;
 pub mod serve;
 pub mod tokenize;
