@@ -99,15 +99,15 @@ fn distill_runs_reuses_its_cache_and_exports_a_smaller_model() {
     assert_eq!(steps[1]["teacher_computed"], 0);
     assert_eq!(steps[1]["teacher_reused"], 2);
 
-    // Another k: the cache is refused with the reason.
+    // Another temperature: the cache is refused with the reason.
     let o = distill(
         &model,
         &data,
         &dir.path().join("c"),
-        &["--keep-layers", "2", "--teacher-cache", cache_s, "--top-k", "4"],
+        &["--keep-layers", "2", "--teacher-cache", cache_s, "--temperature", "2"],
     );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("top-k 8 (this run: 4)"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("temperature 1 (this run: 2)"), "{}", stderr(&o));
 
     // The JSON log draws as a PNG.
     let steps_log = dir.path().join("steps.jsonl");
