@@ -51,7 +51,16 @@ fn distill(teacher: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg(data)
         .arg("--out")
         .arg(out)
-        .args(["-b", "1", "--seq-len", "16", "--steps", "2", "--warmup", "1"])
+        .args([
+            "-b",
+            "1",
+            "--seq-len",
+            "16",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+        ])
         .args(["--eval-every", "0", "--save-every", "0", "--top-k", "8"])
         .args(["--json", "-t", "2"])
         .args(extra)
@@ -104,17 +113,25 @@ fn distill_runs_reuses_its_cache_and_exports_a_smaller_model() {
         &model,
         &data,
         &dir.path().join("c"),
-        &["--keep-layers", "2", "--teacher-cache", cache_s, "--temperature", "2"],
+        &[
+            "--keep-layers",
+            "2",
+            "--teacher-cache",
+            cache_s,
+            "--temperature",
+            "2",
+        ],
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("temperature 1 (this run: 2)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("temperature 1 (this run: 2)"),
+        "{}",
+        stderr(&o)
+    );
 
     // The JSON log draws as a PNG.
     let steps_log = dir.path().join("steps.jsonl");
-    let lines: String = steps
-        .iter()
-        .map(|v| format!("{v}\n"))
-        .collect();
+    let lines: String = steps.iter().map(|v| format!("{v}\n")).collect();
     std::fs::write(&steps_log, lines).unwrap();
     let png2 = dir.path().join("r.png");
     let o = edgelm()
@@ -146,7 +163,9 @@ fn tiny_student(dir: &Path) -> PathBuf {
     }
     let mut add = |name: &str, dims: &[u64]| {
         let n: u64 = dims.iter().product();
-        let bytes: Vec<u8> = (0..n).flat_map(|i| (0.01 * i as f32).to_le_bytes()).collect();
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|i| (0.01 * i as f32).to_le_bytes())
+            .collect();
         w.add_tensor(name, dims, GgmlType::F32, bytes).unwrap();
     };
     add("token_embd.weight", &[c, v]);

@@ -307,9 +307,10 @@ impl Trainer {
                 None => (1.0, None),
                 Some(x) => {
                     let w = x.ce_weight();
-                    let logits = self.ws.logits().ok_or_else(|| {
-                        TrainError::BadBatch("the forward kept no logits".into())
-                    })?;
+                    let logits = self
+                        .ws
+                        .logits()
+                        .ok_or_else(|| TrainError::BadBatch("the forward kept no logits".into()))?;
                     let (e, d) = x.loss_and_grad(
                         &self.batch_windows,
                         &self.tokens,

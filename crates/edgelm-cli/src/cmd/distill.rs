@@ -151,7 +151,9 @@ fn check(args: &DistillArgs) -> Result<()> {
         if v.is_finite() && v >= 0.0 {
             Ok(())
         } else {
-            Err(usage(format!("--{name} must be a finite number >= 0, not {v}")))
+            Err(usage(format!(
+                "--{name} must be a finite number >= 0, not {v}"
+            )))
         }
     };
     nonneg("lr", args.lr)?;
@@ -167,7 +169,10 @@ fn check(args: &DistillArgs) -> Result<()> {
         )));
     }
     if !(0.0..=1.0).contains(&args.alpha) {
-        return Err(usage(format!("--alpha must be in [0, 1], not {}", args.alpha)));
+        return Err(usage(format!(
+            "--alpha must be in [0, 1], not {}",
+            args.alpha
+        )));
     }
     if !(0.0..1.0).contains(&args.eval_fraction) {
         return Err(usage(format!(
@@ -222,7 +227,9 @@ fn build_student(args: &DistillArgs, teacher_file: &Arc<GgufFile>) -> Result<Stu
         return from_teacher(layers);
     }
     let path = args.student.as_ref().expect("checked: one student source");
-    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     if is_json {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the student config {}", path.display()))?;
@@ -269,7 +276,8 @@ pub fn run(args: &DistillArgs) -> Result<()> {
     }
     if let Some(path) = &args.student {
         let key = "tokenizer.ggml.tokens";
-        if student.layers.is_none() && student.src.metadata().get(key) != tfile.metadata().get(key) {
+        if student.layers.is_none() && student.src.metadata().get(key) != tfile.metadata().get(key)
+        {
             bail!(
                 "{} and {} have different tokenizers (their {key} differ)",
                 path.display(),
@@ -291,7 +299,10 @@ pub fn run(args: &DistillArgs) -> Result<()> {
             .write_gguf(&student.src, &out, ty)
             .with_context(|| format!("cannot write {}", out.display()))?;
         if args.global.json {
-            println!("{}", json!({"event": "export", "path": out.display().to_string()}));
+            println!(
+                "{}",
+                json!({"event": "export", "path": out.display().to_string()})
+            );
         } else if !args.global.quiet {
             eprintln!("distill: wrote the untrained student {}", out.display());
         }
@@ -324,8 +335,10 @@ pub fn run(args: &DistillArgs) -> Result<()> {
         }
         Ok(())
     };
-    emit(json!({"event": "data", "tokens": stream.len(), "train_windows": train_data.len(),
-                "eval_windows": eval_data.len()}))?;
+    emit(
+        json!({"event": "data", "tokens": stream.len(), "train_windows": train_data.len(),
+                "eval_windows": eval_data.len()}),
+    )?;
     emit(json!({"event": "student", "layers": student.layers,
                 "n_layer": student.model.config().n_layer,
                 "n_params": student.model.layout().n_params()}))?;
@@ -411,7 +424,16 @@ pub fn run(args: &DistillArgs) -> Result<()> {
     };
     let mut log = Vec::new();
     pool.install(|| {
-        train_loop(args, &mut trainer, &mut dloss, &train_data, &eval_data, &ckpt, &emit, &mut log)
+        train_loop(
+            args,
+            &mut trainer,
+            &mut dloss,
+            &train_data,
+            &eval_data,
+            &ckpt,
+            &emit,
+            &mut log,
+        )
     })?;
     let out = args.out.join("student.gguf");
     trainer
@@ -471,7 +493,10 @@ fn train_loop(
             Err(e @ TrainError::NonFinite { .. }) => {
                 bar.abandon();
                 let kept = match last_saved {
-                    Some(step) => format!("the checkpoint of step {step} at {} is kept", ckpt.display()),
+                    Some(step) => format!(
+                        "the checkpoint of step {step} at {} is kept",
+                        ckpt.display()
+                    ),
                     None => "no checkpoint was written in this run".into(),
                 };
                 bail!("{e}; {kept}");
@@ -482,11 +507,16 @@ fn train_loop(
         last_loss = s.loss;
         let tps = s.tokens as f64 / t0.elapsed().as_secs_f64();
         bar.set_position(s.step);
-        bar.set_message(format!("loss {:.4} D {div:.4} lr {:.2e} {tps:.0} tok/s", s.loss, s.lr));
-        record(json!({"event": "step", "step": s.step, "loss": s.loss, "div": div, "lr": s.lr,
+        bar.set_message(format!(
+            "loss {:.4} D {div:.4} lr {:.2e} {tps:.0} tok/s",
+            s.loss, s.lr
+        ));
+        record(
+            json!({"event": "step", "step": s.step, "loss": s.loss, "div": div, "lr": s.lr,
                       "grad_norm": s.grad_norm, "tokens": s.tokens, "tokens_per_s": tps,
                       "teacher_computed": dloss.source.computed,
-                      "teacher_reused": dloss.source.reused}))?;
+                      "teacher_reused": dloss.source.reused}),
+        )?;
         let last = s.step == stop;
         if !eval_data.is_empty()
             && (last || (args.eval_every > 0 && s.step.is_multiple_of(args.eval_every)))
@@ -509,12 +539,16 @@ fn train_loop(
                 .save(ckpt)
                 .with_context(|| format!("cannot write the checkpoint {}", ckpt.display()))?;
             last_saved = Some(s.step);
-            record(json!({"event": "checkpoint", "step": s.step, "path": ckpt.display().to_string()}))?;
+            record(
+                json!({"event": "checkpoint", "step": s.step, "path": ckpt.display().to_string()}),
+            )?;
         }
     }
     bar.finish();
-    record(json!({"event": "done", "step": trainer.step_count(), "train_loss": last_loss,
-                  "seconds": t_run.elapsed().as_secs_f64()}))?;
+    record(
+        json!({"event": "done", "step": trainer.step_count(), "train_loss": last_loss,
+                  "seconds": t_run.elapsed().as_secs_f64()}),
+    )?;
     if !args.global.json && !args.global.quiet {
         eprintln!(
             "distill: {} steps, last loss {last_loss:.4}, teacher windows computed {} / reused {}",

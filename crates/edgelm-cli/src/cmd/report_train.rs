@@ -119,7 +119,10 @@ pub fn plot(events: &[Value], png: &Path, title: &str) -> Result<()> {
         if text {
             mesh.x_desc("step").y_desc("loss (nats)");
         } else {
-            mesh.disable_x_mesh().disable_y_mesh().x_labels(0).y_labels(0);
+            mesh.disable_x_mesh()
+                .disable_y_mesh()
+                .x_labels(0)
+                .y_labels(0);
         }
         mesh.draw()?;
         // A moving average makes the per-step noise readable.

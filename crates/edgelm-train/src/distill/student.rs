@@ -14,7 +14,11 @@ pub enum LayerPick {
 }
 
 /// The teacher blocks (of `n_teacher`) a student of `n_keep` blocks starts from.
-pub fn pick_layers(n_teacher: usize, n_keep: usize, pick: LayerPick) -> Result<Vec<usize>, TrainError> {
+pub fn pick_layers(
+    n_teacher: usize,
+    n_keep: usize,
+    pick: LayerPick,
+) -> Result<Vec<usize>, TrainError> {
     if n_keep == 0 || n_keep > n_teacher {
         return Err(TrainError::BadConfig {
             key: "keep_layers".into(),
@@ -38,7 +42,10 @@ pub fn pick_layers(n_teacher: usize, n_keep: usize, pick: LayerPick) -> Result<V
 /// A student made of the teacher's blocks `layers` (strictly increasing, each below the
 /// teacher's block count): student block `i` is a copy of teacher block `layers[i]`; the
 /// embedding, final norm and output matrix are copied.
-pub fn student_from_layers(teacher: &TrainModel, layers: &[usize]) -> Result<TrainModel, TrainError> {
+pub fn student_from_layers(
+    teacher: &TrainModel,
+    layers: &[usize],
+) -> Result<TrainModel, TrainError> {
     let n_teacher = teacher.config().n_layer;
     let bad = |reason: String| TrainError::BadConfig {
         key: "student_layers".into(),
@@ -48,29 +55,40 @@ pub fn student_from_layers(teacher: &TrainModel, layers: &[usize]) -> Result<Tra
         return Err(bad("no blocks selected".into()));
     }
     if let Some(&l) = layers.iter().find(|&&l| l >= n_teacher) {
-        return Err(bad(format!("block {l} does not exist: the teacher has {n_teacher}")));
+        return Err(bad(format!(
+            "block {l} does not exist: the teacher has {n_teacher}"
+        )));
     }
     if layers.windows(2).any(|w| w[0] >= w[1]) {
         return Err(bad(format!("{layers:?} is not strictly increasing")));
     }
     let mut cfg = teacher.config().clone();
     cfg.n_layer = layers.len();
-    let mut student = TrainModel::from_params(cfg.clone(), vec![0.0; crate::ParamLayout::new(&cfg)?.n_params()])?
-        .with_rope_freqs(teacher.rope_freqs().map(|r| r.to_vec()));
+    let mut student = TrainModel::from_params(
+        cfg.clone(),
+        vec![0.0; crate::ParamLayout::new(&cfg)?.n_params()],
+    )?
+    .with_rope_freqs(teacher.rope_freqs().map(|r| r.to_vec()));
     let specs = student.layout().specs().to_vec();
     for spec in &specs {
         let src_name = match spec.name.strip_prefix("blk.") {
             Some(rest) => {
-                let (idx, tail) = rest.split_once('.').ok_or_else(|| bad(format!("tensor name {}", spec.name)))?;
-                let i: usize = idx.parse().map_err(|_| bad(format!("tensor name {}", spec.name)))?;
+                let (idx, tail) = rest
+                    .split_once('.')
+                    .ok_or_else(|| bad(format!("tensor name {}", spec.name)))?;
+                let i: usize = idx
+                    .parse()
+                    .map_err(|_| bad(format!("tensor name {}", spec.name)))?;
                 format!("blk.{}.{tail}", layers[i])
             }
             None => spec.name.clone(),
         };
-        let src = teacher.tensor(&src_name).ok_or_else(|| TrainError::MissingTensor {
-            name: src_name.clone(),
-            file: "the teacher".into(),
-        })?;
+        let src = teacher
+            .tensor(&src_name)
+            .ok_or_else(|| TrainError::MissingTensor {
+                name: src_name.clone(),
+                file: "the teacher".into(),
+            })?;
         if src.len() != spec.len() {
             return Err(TrainError::TensorMismatch {
                 name: spec.name.clone(),

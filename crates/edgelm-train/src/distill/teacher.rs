@@ -196,7 +196,10 @@ impl TeacherCache {
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if version != VERSION {
-            return Err(Self::err(path, format!("version {version}, expected {VERSION}")));
+            return Err(Self::err(
+                path,
+                format!("version {version}, expected {VERSION}"),
+            ));
         }
         let hlen = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
         let body = bytes
@@ -254,7 +257,9 @@ impl TeacherCache {
                     .map(|c| c.try_into().expect("4 bytes"))
             };
             let ids: Vec<u32> = words(4, t * k).map(u32::from_le_bytes).collect();
-            let logp: Vec<f32> = words(4 + 4 * t * k, t * k).map(f32::from_le_bytes).collect();
+            let logp: Vec<f32> = words(4 + 4 * t * k, t * k)
+                .map(f32::from_le_bytes)
+                .collect();
             let log_tail: Vec<f32> = words(4 + 8 * t * k, t).map(f32::from_le_bytes).collect();
             if let Some(&id) = ids.iter().find(|&&id| id as usize >= header.n_vocab) {
                 return Err(Self::err(
@@ -270,7 +275,15 @@ impl TeacherCache {
                     format!("record at byte {off}: a log-probability that is NaN or above 0"),
                 ));
             }
-            windows.insert(w, WindowTargets { k, ids, logp, log_tail });
+            windows.insert(
+                w,
+                WindowTargets {
+                    k,
+                    ids,
+                    logp,
+                    log_tail,
+                },
+            );
             off += rec;
         }
         Ok(TeacherCache {

@@ -113,7 +113,9 @@ fn divergences_vanish_at_the_teacher_and_kl_is_exact_without_a_tail() {
     let ls = |x: &[f32]| {
         let m = x.iter().copied().fold(f32::MIN, f32::max) as f64;
         let z: f64 = x.iter().map(|&a| (a as f64 - m).exp()).sum();
-        x.iter().map(|&a| a as f64 - m - z.ln()).collect::<Vec<f64>>()
+        x.iter()
+            .map(|&a| a as f64 - m - z.ln())
+            .collect::<Vec<f64>>()
     };
     let (lp, lq) = (ls(&t), ls(&s));
     let full: f64 = (0..v).map(|i| lp[i].exp() * (lp[i] - lq[i])).sum();
@@ -208,10 +210,16 @@ fn to_gguf(m: &TrainModel) -> Arc<GgufFile> {
         ("llama.block_count", Value::U32(c.n_layer as u32)),
         ("llama.embedding_length", Value::U32(c.n_embd as u32)),
         ("llama.attention.head_count", Value::U32(c.n_head as u32)),
-        ("llama.attention.head_count_kv", Value::U32(c.n_head_kv as u32)),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(c.n_head_kv as u32),
+        ),
         ("llama.feed_forward_length", Value::U32(c.n_ff as u32)),
         ("llama.context_length", Value::U32(c.n_ctx_train as u32)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(c.rms_eps)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(c.rms_eps),
+        ),
         ("llama.vocab_size", Value::U32(c.n_vocab as u32)),
     ] {
         w.add_metadata(k, v).unwrap();
@@ -253,7 +261,12 @@ fn layer_picks_and_student_construction() {
             spec.name.clone()
         };
         let want = t.tensor(&src).unwrap();
-        assert_eq!(s.tensor(&spec.name).unwrap(), want, "{} from {src}", spec.name);
+        assert_eq!(
+            s.tensor(&spec.name).unwrap(),
+            want,
+            "{} from {src}",
+            spec.name
+        );
         assert_eq!(t.layout().get(&src).unwrap().shape, spec.shape);
     }
     for bad in [&[][..], &[1, 1], &[2, 1], &[0, 4]] {
@@ -327,7 +340,9 @@ fn cached_targets_equal_fresh_ones_and_mismatches_are_refused() {
 
     // Another k, temperature, teacher or data: refused with the reason.
     let mut h = header(8);
-    let e = TeacherCache::open(&path, h.clone()).unwrap_err().to_string();
+    let e = TeacherCache::open(&path, h.clone())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("top-k 4 (this run: 8)"), "{e}");
     h = header(4);
     h.temperature = 2.0;
@@ -356,14 +371,18 @@ fn cached_targets_equal_fresh_ones_and_mismatches_are_refused() {
     // Not a cache; a hostile record.
     let junk = dir.path().join("junk");
     std::fs::write(&junk, b"hello, world, not a cache file").unwrap();
-    let e = TeacherCache::open(&junk, header(4)).unwrap_err().to_string();
+    let e = TeacherCache::open(&junk, header(4))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not an edgelm teacher cache"), "{e}");
     let mut bad = bytes.clone();
     let rec = 4 + 8 * 4 * 8 + 8 * 4;
     let first = bytes.len() - 3 * rec;
     bad[first..first + 4].copy_from_slice(&99u32.to_le_bytes());
     std::fs::write(&path, &bad).unwrap();
-    let e = TeacherCache::open(&path, header(4)).unwrap_err().to_string();
+    let e = TeacherCache::open(&path, header(4))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("window 99"), "{e}");
 }
 
