@@ -40,7 +40,7 @@ impl TrainModel {
         // follows the model, and the source's extra blocks are left out.
         let n_layer = self.config().n_layer;
         w.set_metadata(
-            &format!("{}.block_count", self.config().arch.name()),
+            format!("{}.block_count", self.config().arch.name()),
             Value::U32(n_layer as u32),
         )?;
         let beyond = |name: &str| {

@@ -137,7 +137,7 @@ pub fn plot(events: &[Value], png: &Path, title: &str) -> Result<()> {
                 })
                 .collect()
         };
-        let lines: [(&str, Vec<(f64, f64)>, RGBColor); 2] = [
+        let lines = [
             ("training objective", smooth(&train), BLUE),
             ("divergence to the teacher", smooth(&div), RED),
         ];

@@ -270,7 +270,7 @@ fn layer_picks_and_student_construction() {
         assert_eq!(t.layout().get(&src).unwrap().shape, spec.shape);
     }
     for bad in [&[][..], &[1, 1], &[2, 1], &[0, 4]] {
-        let e = student_from_layers(&t, bad).err().expect("refused");
+        let e = student_from_layers(&t, bad).expect_err("refused");
         assert!(e.to_string().contains("student_layers"), "{e}");
     }
 }
