@@ -50,6 +50,10 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Compute an importance matrix from calibration text, as llama-imatrix does.
     Imatrix(cmd::imatrix::ImatrixArgs),
+    /// Distil a teacher model into a smaller student (f32 training on the CPU).
+    Distill(cmd::distill::DistillArgs),
+    /// Draw the loss curves of a `--json` training log as a PNG.
+    ReportTrain(cmd::report_train::ReportTrainArgs),
 }
 
 impl Command {
@@ -68,6 +72,8 @@ impl Command {
             Command::Quantize(a) => &a.global,
             Command::Eval(a) => &a.global,
             Command::Imatrix(a) => &a.global,
+            Command::Distill(a) => &a.global,
+            Command::ReportTrain(a) => &a.global,
         }
     }
 }
@@ -97,6 +103,8 @@ fn main() -> ExitCode {
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Imatrix(a) => cmd::imatrix::run(a),
+        Command::Distill(a) => cmd::distill::run(a),
+        Command::ReportTrain(a) => cmd::report_train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

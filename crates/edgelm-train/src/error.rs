@@ -86,6 +86,14 @@ pub enum TrainError {
         /// Why.
         reason: String,
     },
+    /// A distillation teacher cache cannot be used.
+    #[error("teacher cache {path}: {reason}")]
+    TeacherCache {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A buffer size overflowed.
     #[error("size overflow computing {what}")]
     Overflow {

@@ -36,7 +36,23 @@ impl TrainModel {
             ExportType::F16 => 1,
         };
         w.set_metadata("general.file_type", Value::U32(file_type))?;
+        // A student with fewer blocks than its source (distillation): the block count
+        // follows the model, and the source's extra blocks are left out.
+        let n_layer = self.config().n_layer;
+        w.set_metadata(
+            format!("{}.block_count", self.config().arch.name()),
+            Value::U32(n_layer as u32),
+        )?;
+        let beyond = |name: &str| {
+            name.strip_prefix("blk.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(i, _)| i.parse::<usize>().ok())
+                .is_some_and(|i| i >= n_layer)
+        };
         for t in src.tensors() {
+            if beyond(&t.name) {
+                continue;
+            }
             let Some(spec) = self.layout().get(&t.name) else {
                 // Not trained (e.g. rope_freqs.weight): copied as it is.
                 w.add_tensor(t.name.clone(), &t.dims, t.ty, src.tensor_data(t))?;

@@ -12,6 +12,7 @@
 
 mod config;
 pub mod data;
+pub mod distill;
 mod error;
 mod export;
 pub mod lora;
@@ -25,6 +26,6 @@ pub mod train;
 pub use config::ConfigFile;
 pub use error::TrainError;
 pub use export::ExportType;
-pub use model::{backward, forward, TrainModel, Workspace};
+pub use model::{backward, backward_mixed, forward, TrainModel, Workspace};
 pub use ops::IGNORE;
 pub use params::{ParamLayout, TensorSpec};

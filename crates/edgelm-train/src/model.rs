@@ -118,6 +118,17 @@ impl TrainModel {
         })
     }
 
+    /// Llama-3 RoPE frequency factors, when the model has them.
+    pub fn rope_freqs(&self) -> Option<&[f32]> {
+        self.rope_freqs.as_deref()
+    }
+
+    /// This model with RoPE frequency factors `f` (a student keeps its teacher's).
+    pub fn with_rope_freqs(mut self, f: Option<Vec<f32>>) -> TrainModel {
+        self.rope_freqs = f;
+        self
+    }
+
     /// The hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         &self.config
@@ -492,6 +503,18 @@ pub fn backward(
     grads: &mut [f32],
     scale: f32,
 ) -> Result<(), TrainError> {
+    backward_mixed(model, ws, grads, scale, None)
+}
+
+/// [`backward`] for the loss `scale · cross-entropy + E`, where `extra_dlogits` ([N, V]) is
+/// `∂E/∂logits` of an extra loss on the last forward's logits (distillation), already scaled.
+pub fn backward_mixed(
+    model: &TrainModel,
+    ws: &mut Workspace,
+    grads: &mut [f32],
+    scale: f32,
+    extra_dlogits: Option<&[f32]>,
+) -> Result<(), TrainError> {
     if !ws.logits_valid {
         return Err(TrainError::BadBatch(
             "backward needs a forward on this workspace first".into(),
@@ -522,7 +545,23 @@ pub fn backward(
     let g = |i: usize| lay.range(i);
 
     // loss = (1/n_valid) Σ losses
+    if let Some(extra) = extra_dlogits {
+        if extra.len() != ws.logits.len() {
+            return Err(TrainError::BadBatch(format!(
+                "{} extra logit gradients for {} logits",
+                extra.len(),
+                ws.logits.len()
+            )));
+        }
+    }
     ops::cross_entropy_backward(&mut ws.logits, &ws.targets, scale / ws.n_valid as f32, v);
+    if let Some(extra) = extra_dlogits {
+        use rayon::prelude::*;
+        ws.logits
+            .par_chunks_mut(v)
+            .zip(extra.par_chunks(v))
+            .for_each(|(d, e)| d.iter_mut().zip(e).for_each(|(d, e)| *d += e));
+    }
     ws.logits_valid = false;
     let dlogits = &ws.logits;
     ws.dln.fill(0.0);

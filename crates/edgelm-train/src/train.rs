@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{backward, forward, TrainModel, Workspace};
+use crate::model::{backward_mixed, forward, TrainModel, Workspace};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use crate::st::{self, TensorFile, CONFIG_KEY};
 use crate::TrainError;
@@ -181,6 +181,26 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
+/// A loss added to the data's cross-entropy, computed from the model's logits (distillation:
+/// a divergence from a teacher's distribution). The objective of a micro-batch is
+/// `ce_weight() · cross-entropy + extra`.
+pub trait ExtraLoss {
+    /// Weight of the data cross-entropy in the objective.
+    fn ce_weight(&self) -> f32;
+    /// One micro-batch: `windows` ([B], indices into the training [`Dataset`]), its `tokens`
+    /// and `targets` ([B, T]) and the forward's `logits` ([N, V]). Returns the extra loss
+    /// (mean over the targets not [`crate::IGNORE`]d) and its gradient with respect to the
+    /// logits times `scale` ([N, V]).
+    fn loss_and_grad(
+        &mut self,
+        windows: &[usize],
+        tokens: &[u32],
+        targets: &[u32],
+        logits: &[f32],
+        scale: f32,
+    ) -> Result<(f32, &[f32]), TrainError>;
+}
+
 /// A training run in memory: model, optimizer, buffers and data cursor.
 pub struct Trainer {
     /// The model being trained.
@@ -197,6 +217,8 @@ pub struct Trainer {
     targets: Vec<u32>,
     order: Vec<usize>,
     order_epoch: Option<u64>,
+    /// The dataset windows of the current micro-batch ([B]).
+    batch_windows: Vec<usize>,
 }
 
 impl Trainer {
@@ -222,6 +244,7 @@ impl Trainer {
             targets: vec![0; n_tok],
             order: Vec::new(),
             order_epoch: None,
+            batch_windows: vec![0; options.batch],
         })
     }
 
@@ -249,6 +272,7 @@ impl Trainer {
                 self.order = permutation(n, self.options.seed, self.cursor.epoch);
                 self.order_epoch = Some(self.cursor.epoch);
             }
+            self.batch_windows[b] = self.order[self.cursor.index];
             data.fill(
                 self.order[self.cursor.index],
                 &mut self.tokens[b * t..(b + 1) * t],
@@ -262,12 +286,42 @@ impl Trainer {
     /// One update: `accum` micro-batches, clipping, AdamW. A non-finite loss or gradient
     /// stops before the weights change ([`TrainError::NonFinite`]).
     pub fn step(&mut self, data: &Dataset) -> Result<StepStats, TrainError> {
+        self.step_with(data, None)
+    }
+
+    /// [`Trainer::step`] with an extra loss on the logits; the reported loss is the whole
+    /// objective (`ce_weight · cross-entropy + extra`).
+    pub fn step_with(
+        &mut self,
+        data: &Dataset,
+        mut extra: Option<&mut dyn ExtraLoss>,
+    ) -> Result<StepStats, TrainError> {
         let k = self.options.accum;
         self.grads.fill(0.0);
         let mut loss_sum = 0.0f64;
         for _ in 0..k {
             self.next_batch(data)?;
-            let loss = forward(&self.model, &mut self.ws, &self.tokens, &self.targets)?;
+            let mut loss = forward(&self.model, &mut self.ws, &self.tokens, &self.targets)?;
+            let scale = 1.0 / k as f32;
+            let (ce_weight, dextra) = match extra.as_deref_mut() {
+                None => (1.0, None),
+                Some(x) => {
+                    let w = x.ce_weight();
+                    let logits = self
+                        .ws
+                        .logits()
+                        .ok_or_else(|| TrainError::BadBatch("the forward kept no logits".into()))?;
+                    let (e, d) = x.loss_and_grad(
+                        &self.batch_windows,
+                        &self.tokens,
+                        &self.targets,
+                        logits,
+                        scale,
+                    )?;
+                    loss = w * loss + e;
+                    (w, Some(d))
+                }
+            };
             if !loss.is_finite() {
                 return Err(TrainError::NonFinite {
                     step: self.opt.step + 1,
@@ -275,7 +329,13 @@ impl Trainer {
                 });
             }
             loss_sum += loss as f64;
-            backward(&self.model, &mut self.ws, &mut self.grads, 1.0 / k as f32)?;
+            backward_mixed(
+                &self.model,
+                &mut self.ws,
+                &mut self.grads,
+                ce_weight * scale,
+                dextra,
+            )?;
         }
         let grad_norm = clip_grad_norm(&mut self.grads, self.options.clip);
         if !grad_norm.is_finite() {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod distill;
 pub mod eval;
 pub mod fetch;
 pub mod finetune;
@@ -12,6 +13,7 @@ pub mod info;
 pub mod lora_merge;
 pub mod perplexity;
 pub mod quantize;
+pub mod report_train;
 pub mod run;
 pub mod serve;
 pub mod tokenize;
