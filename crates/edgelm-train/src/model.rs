@@ -144,11 +144,6 @@ impl TrainModel {
         self.layout.get(name).map(|s| &self.params[s.range()])
     }
 
-    /// Llama-3 RoPE frequency factors, when the file has them.
-    pub fn rope_freqs(&self) -> Option<&[f32]> {
-        self.rope_freqs.as_deref()
-    }
-
     fn p(&self, index: usize) -> &[f32] {
         &self.params[self.layout.range(index)]
     }
