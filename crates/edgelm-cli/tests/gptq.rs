@@ -262,26 +262,29 @@ fn awq_fold_keeps_the_real_models_function() {
     let groups = edgelm_quant::awq::llama_groups(30);
     let mut seed = 12345u64;
     let mut rnd = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 40) as f32 / (1u64 << 24) as f32
     };
-    let results = |random: bool, rnd: &mut dyn FnMut() -> f32| -> Vec<edgelm_quant::awq::GroupResult> {
-        groups
-            .iter()
-            .map(|g| {
-                let n = file.tensor(&g.weights[0]).unwrap().row_len();
-                edgelm_quant::awq::GroupResult {
-                    key: g.key.clone(),
-                    alpha: 0.0,
-                    error_before: 0.0,
-                    error_after: 0.0,
-                    scales: (0..n)
-                        .map(|_| if random { 0.5 + 1.5 * rnd() } else { 1.0 })
-                        .collect(),
-                }
-            })
-            .collect()
-    };
+    let results =
+        |random: bool, rnd: &mut dyn FnMut() -> f32| -> Vec<edgelm_quant::awq::GroupResult> {
+            groups
+                .iter()
+                .map(|g| {
+                    let n = file.tensor(&g.weights[0]).unwrap().row_len();
+                    edgelm_quant::awq::GroupResult {
+                        key: g.key.clone(),
+                        alpha: 0.0,
+                        error_before: 0.0,
+                        error_after: 0.0,
+                        scales: (0..n)
+                            .map(|_| if random { 0.5 + 1.5 * rnd() } else { 1.0 })
+                            .collect(),
+                    }
+                })
+                .collect()
+        };
     let ones = results(false, &mut rnd);
     let random = results(true, &mut rnd);
     let logits = |res: &[edgelm_quant::awq::GroupResult]| -> Vec<f32> {
@@ -306,7 +309,10 @@ fn awq_fold_keeps_the_real_models_function() {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
     eprintln!("AWQ fold: max |logit| {max_abs}, max difference {max_diff}");
-    assert!(max_diff < 1e-3 * max_abs.max(1.0), "{max_diff} vs {max_abs}");
+    assert!(
+        max_diff < 1e-3 * max_abs.max(1.0),
+        "{max_diff} vs {max_abs}"
+    );
     // And the weights did change.
     assert_ne!(
         edgelm_quant::awq::apply(&file, &groups, &ones).unwrap(),

@@ -22,7 +22,6 @@
 use std::collections::BTreeMap;
 
 use edgelm_gguf::{GgmlType, GgufFile, GgufWriter};
-use rayon::prelude::*;
 
 use crate::gptq::Hessian;
 
@@ -112,26 +111,8 @@ pub struct GroupResult {
     pub scales: Vec<f32>,
 }
 
-/// `Σ_rows d H dᵀ` for rows `d` of `h.n()` values.
 fn hessian_error(h: &Hessian, d: &[f32]) -> f64 {
-    let n = h.n();
-    d.par_chunks(n)
-        .map(|d| {
-            let mut s = 0.0f64;
-            for i in 0..n {
-                let di = d[i] as f64;
-                if di == 0.0 {
-                    continue;
-                }
-                let mut t = 0.5 * h.get(i, i) * di;
-                for (j, &dj) in d.iter().enumerate().skip(i + 1) {
-                    t += h.get(i, j) * dj as f64;
-                }
-                s += di * t;
-            }
-            2.0 * s
-        })
-        .sum()
+    crate::gptq::quadratic_error(h, d)
 }
 
 /// The input scales `m^α / sqrt(max · min)` for per-channel RMS `m`.
@@ -163,9 +144,8 @@ fn candidate_error(
     let mut bytes = vec![0u8; rows * crate::row_bytes(ty, n)?];
     crate::quantize_rows_weighted(ty, &scaled, n, &mut bytes, &qws, rows)?;
     let mut deq = vec![0.0f32; w.len()];
-    edgelm_kernels::dequantize_row(ty, &bytes, &mut deq).map_err(|_| {
-        AwqError::Model(format!("cannot decode {ty} (no dequantizer)"))
-    })?;
+    edgelm_kernels::dequantize_row(ty, &bytes, &mut deq)
+        .map_err(|_| AwqError::Model(format!("cannot decode {ty} (no dequantizer)")))?;
     let d: Vec<f32> = w
         .chunks_exact(n)
         .zip(deq.chunks_exact(n))
@@ -364,11 +344,14 @@ mod tests {
     /// One llama block's attention inputs and MLP, as the model computes them.
     fn block(f: &GgufFile, x: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
         let t = |n: &str| {
-            crate::model::tensor_to_f32(f, f.tensor(&format!("blk.0.{n}.weight")).unwrap())
-                .unwrap()
+            crate::model::tensor_to_f32(f, f.tensor(&format!("blk.0.{n}.weight")).unwrap()).unwrap()
         };
         let a = rmsnorm(x, &t("attn_norm"));
-        let (q, k, v) = (matvec(&t("attn_q"), &a), matvec(&t("attn_k"), &a), matvec(&t("attn_v"), &a));
+        let (q, k, v) = (
+            matvec(&t("attn_q"), &a),
+            matvec(&t("attn_k"), &a),
+            matvec(&t("attn_v"), &a),
+        );
         let m = rmsnorm(x, &t("ffn_norm"));
         let (gate, up) = (matvec(&t("ffn_gate"), &m), matvec(&t("ffn_up"), &m));
         let hdn: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect();
@@ -434,10 +417,17 @@ mod tests {
         assert!(close(&a.3, &b.3), "ffn output differs");
         // The scales are really there: ffn_down's input is divided by them.
         let s = &results[2].scales;
-        assert!(a.2.iter().zip(&b.2).zip(s).all(|((u, v), sc)| (u / sc - v).abs() <= 1e-4 * (1.0 + u.abs())));
+        assert!(a
+            .2
+            .iter()
+            .zip(&b.2)
+            .zip(s)
+            .all(|((u, v), sc)| (u / sc - v).abs() <= 1e-4 * (1.0 + u.abs())));
         // And the weights changed.
         let q0 = crate::model::tensor_to_f32(&f, f.tensor("blk.0.attn_q.weight").unwrap()).unwrap();
-        let q1 = crate::model::tensor_to_f32(&scaled, scaled.tensor("blk.0.attn_q.weight").unwrap()).unwrap();
+        let q1 =
+            crate::model::tensor_to_f32(&scaled, scaled.tensor("blk.0.attn_q.weight").unwrap())
+                .unwrap();
         assert!(q0.iter().zip(&q1).any(|(u, v)| (u - v).abs() > 1e-3));
     }
 
@@ -449,7 +439,11 @@ mod tests {
         let (n, ff) = (256, 256);
         let f = tiny_model(n, ff, &mut rng);
         let mut hs = BTreeMap::new();
-        for key in ["blk.0.attn_q.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_down.weight"] {
+        for key in [
+            "blk.0.attn_q.weight",
+            "blk.0.ffn_gate.weight",
+            "blk.0.ffn_down.weight",
+        ] {
             let t = 512;
             let x: Vec<f32> = (0..t * n)
                 .map(|i| {
@@ -463,12 +457,29 @@ mod tests {
         }
         let groups = llama_groups(1);
         let target = |_: &str| Some(GgmlType::Q4_0);
-        let res = search(&f, &groups, &hs, &target, &|_: &str| None, &AwqOptions::default(), |_| {}).unwrap();
+        let res = search(
+            &f,
+            &groups,
+            &hs,
+            &target,
+            &|_: &str| None,
+            &AwqOptions::default(),
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(res.len(), 3);
         for r in &res {
-            assert!(r.error_after <= r.error_before, "{}: {} > {}", r.key, r.error_after, r.error_before);
+            assert!(
+                r.error_after <= r.error_before,
+                "{}: {} > {}",
+                r.key,
+                r.error_after,
+                r.error_before
+            );
         }
-        assert!(res.iter().any(|r| r.alpha > 0.0 && r.error_after < 0.95 * r.error_before));
+        assert!(res
+            .iter()
+            .any(|r| r.alpha > 0.0 && r.error_after < 0.95 * r.error_before));
     }
 
     #[test]
@@ -491,7 +502,10 @@ mod tests {
         // Scaling: the error of d against x/s equals that of d/s against x.
         let s: Vec<f32> = (0..n).map(|_| 0.5 + rng.gen::<f32>()).collect();
         let hs = scale_hessian(&h, &s);
-        let ds: Vec<f32> = d.chunks_exact(n).flat_map(|r| r.iter().zip(&s).map(|(a, b)| a / b).collect::<Vec<_>>()).collect();
+        let ds: Vec<f32> = d
+            .chunks_exact(n)
+            .flat_map(|r| r.iter().zip(&s).map(|(a, b)| a / b).collect::<Vec<_>>())
+            .collect();
         let (e1, e2) = (hessian_error(&hs, &d), hessian_error(&h, &ds));
         assert!((e1 - e2).abs() < 1e-6 * e2.abs().max(1e-12), "{e1} vs {e2}");
     }

@@ -25,12 +25,13 @@
 use edgelm_gguf::GgmlType;
 use rayon::prelude::*;
 
-
 /// Why GPTQ could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum GptqError {
     /// Types without a GPTQ grid.
-    #[error("GPTQ supports Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K, not {0}")]
+    #[error(
+        "GPTQ supports Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K, not {0}"
+    )]
     Unsupported(GgmlType),
     /// Shapes do not fit.
     #[error("GPTQ shape mismatch: {0}")]
@@ -196,29 +197,41 @@ pub fn read_hessians(bytes: &[u8]) -> Result<Vec<(String, Hessian)>, GptqError> 
         .strip_prefix(HESSIAN_MAGIC.as_slice())
         .ok_or_else(|| bad("not a GPTQ Hessian file"))?;
     let mut at = 0usize;
-    let mut take = |k: usize| -> Result<&[u8], GptqError> {
-        let s = rest
-            .get(at..at.checked_add(k).ok_or_else(|| bad("truncated"))?)
-            .ok_or_else(|| bad("truncated"))?;
-        at += k;
-        Ok(s)
-    };
+    fn take<'b>(rest: &'b [u8], at: &mut usize, k: usize) -> Option<&'b [u8]> {
+        let s = rest.get(*at..at.checked_add(k)?)?;
+        *at += k;
+        Some(s)
+    }
     let mut out = Vec::new();
-    loop {
-        let len = match take(4) {
-            Ok(b) => u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize,
-            Err(_) => break,
-        };
-        let name = String::from_utf8(take(len)?.to_vec()).map_err(|_| bad("bad name"))?;
-        let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-        let count = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+    while at < rest.len() {
+        let trunc = || bad("truncated");
+        let len = u32::from_le_bytes(
+            take(rest, &mut at, 4)
+                .ok_or_else(trunc)?
+                .try_into()
+                .expect("4 bytes"),
+        ) as usize;
+        let name = String::from_utf8(take(rest, &mut at, len).ok_or_else(trunc)?.to_vec())
+            .map_err(|_| bad("bad name"))?;
+        let n = u32::from_le_bytes(
+            take(rest, &mut at, 4)
+                .ok_or_else(trunc)?
+                .try_into()
+                .expect("4 bytes"),
+        ) as usize;
+        let count = u64::from_le_bytes(
+            take(rest, &mut at, 8)
+                .ok_or_else(trunc)?
+                .try_into()
+                .expect("8 bytes"),
+        );
         if n == 0 || n > 1 << 16 {
             return Err(bad("bad width"));
         }
         let mut h = Hessian::new(n);
         h.count = count;
         for i in 0..n {
-            let row = take((n - i) * 8)?;
+            let row = take(rest, &mut at, (n - i) * 8).ok_or_else(trunc)?;
             for (j, c) in row.chunks_exact(8).enumerate() {
                 h.h[i * n + i + j] = f64::from_le_bytes(c.try_into().expect("8 bytes"));
             }
@@ -449,23 +462,29 @@ pub fn quantize_rows_gptq(
 /// The GPTQ objective `Σ_rows (w − ŵ) H (w − ŵ)ᵀ` (= `‖X Wᵀ − X Ŵᵀ‖²` over the calibration
 /// tokens) of a quantized weight `wq` against `w`, both rows of `h.n()` values.
 pub fn output_error(h: &Hessian, w: &[f32], wq: &[f32]) -> f64 {
+    let d: Vec<f32> = w.iter().zip(wq).map(|(x, y)| x - y).collect();
+    quadratic_error(h, &d)
+}
+
+/// `Σ_rows d H dᵀ` for rows `d` of `h.n()` values (in f64, parallel over rows).
+pub(crate) fn quadratic_error(h: &Hessian, d: &[f32]) -> f64 {
     let n = h.n();
-    w.chunks_exact(n)
-        .zip(wq.chunks_exact(n))
-        .map(|(a, b)| {
-            let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| (x - y) as f64).collect();
-            let mut s = 0.0;
-            for i in 0..n {
-                if d[i] == 0.0 {
+    d.par_chunks(n)
+        .map(|d| {
+            let mut s = 0.0f64;
+            for (i, &di) in d.iter().enumerate() {
+                if di == 0.0 {
                     continue;
                 }
-                let mut t = h.get(i, i) * d[i];
-                for j in i + 1..n {
-                    t += 2.0 * h.get(i, j) * d[j];
+                let di = di as f64;
+                let hrow = &h.h[i * n..(i + 1) * n];
+                let mut t = 0.5 * hrow[i] * di;
+                for (hij, &dj) in hrow[i + 1..].iter().zip(&d[i + 1..]) {
+                    t += hij * dj as f64;
                 }
-                s += d[i] * t;
+                s += di * t;
             }
-            s
+            2.0 * s
         })
         .sum()
 }
@@ -547,9 +566,7 @@ mod tests {
         h.accumulate(&x[..300 * n]).unwrap();
         h.accumulate(&x[300 * n..]).unwrap();
         assert_eq!(h.count(), t as u64);
-        let imatrix: Vec<f32> = (0..n)
-            .map(|i| (h.get(i, i) / t as f64) as f32)
-            .collect();
+        let imatrix: Vec<f32> = (0..n).map(|i| (h.get(i, i) / t as f64) as f32).collect();
         for ty in TYPES {
             let g = quantize_rows_gptq(ty, &w, n, &h, None, &GptqOptions::default()).unwrap();
             let r = crate::quantize(ty, &w, n).unwrap();
@@ -652,7 +669,8 @@ mod tests {
             *v = j as f32;
         }
         h.accumulate(&x).unwrap();
-        let g = quantize_rows_gptq(GgmlType::Q4_0, &w, n, &h, None, &GptqOptions::default()).unwrap();
+        let g =
+            quantize_rows_gptq(GgmlType::Q4_0, &w, n, &h, None, &GptqOptions::default()).unwrap();
         assert!(decode(GgmlType::Q4_0, &g, w.len())
             .iter()
             .all(|v| v.is_finite()));

@@ -58,7 +58,8 @@ pub fn choose(
     out: &mut [u8],
 ) -> Result<(), QuantError> {
     use GgmlType::*;
-    let weights = || -> [f32; 32] { std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt()) };
+    let weights =
+        || -> [f32; 32] { std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt()) };
     match ty {
         Q4_0 | Q5_0 => {
             let nmax = if ty == Q4_0 { 8 } else { 16 };

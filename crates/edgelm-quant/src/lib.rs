@@ -19,8 +19,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod compare;
 pub mod awq;
+pub mod compare;
 pub mod gptq;
 pub mod gptq_grid;
 pub mod imatrix;

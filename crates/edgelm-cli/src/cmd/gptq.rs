@@ -169,7 +169,14 @@ pub fn apply_awq(
     let n_layers = file
         .tensors()
         .iter()
-        .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|t| {
+            t.name
+                .strip_prefix("blk.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map_or(0, |m| m + 1);
     let groups = awq::llama_groups(n_layers);
@@ -222,9 +229,9 @@ pub fn apply_awq(
         },
     )?;
     bar.finish_and_clear();
-    let (before, after) = results
-        .iter()
-        .fold((0.0, 0.0), |(a, b), r| (a + r.error_before, b + r.error_after));
+    let (before, after) = results.iter().fold((0.0, 0.0), |(a, b), r| {
+        (a + r.error_before, b + r.error_after)
+    });
     tracing::info!(
         "AWQ: {} groups scaled; sampled output error {:.4e} -> {:.4e}",
         results.len(),
@@ -234,7 +241,10 @@ pub fn apply_awq(
     let bytes = awq::apply(file, &groups, &results)?;
     let scaled = GgufFile::from_bytes(bytes).context("the AWQ-scaled model does not parse")?;
     for r in &results {
-        let group = groups.iter().find(|g| g.key == r.key).expect("searched groups");
+        let group = groups
+            .iter()
+            .find(|g| g.key == r.key)
+            .expect("searched groups");
         for w in &group.weights {
             if let Some(v) = im.entries.get_mut(w) {
                 for (x, s) in v.iter_mut().zip(&r.scales) {

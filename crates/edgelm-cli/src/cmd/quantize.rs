@@ -238,7 +238,8 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     };
     let file = match (&mut calibration, awq) {
         (Some(calib), true) => {
-            let scaled = pool.install(|| super::gptq::apply_awq(&file, &mut opts, calib, &args.global))?;
+            let scaled =
+                pool.install(|| super::gptq::apply_awq(&file, &mut opts, calib, &args.global))?;
             std::sync::Arc::new(scaled)
         }
         _ => file,
