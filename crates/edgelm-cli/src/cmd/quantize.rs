@@ -195,7 +195,9 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             token_embedding_type: args.token_embedding_type,
             pure: args.pure,
             leave_output_tensor: args.leave_output_tensor,
-            has_imatrix: imatrix.is_some(),
+            // GPTQ and AWQ always round with an importance (the imatrix or diag(H)), so the
+            // recipe is the imatrix one (Q4_0/Q5_0: Q4_1/Q5_1 for the first ffn_down layers).
+            has_imatrix: imatrix.is_some() || gptq || awq,
         },
         allow_requantize: args.allow_requantize,
         imatrix,
