@@ -66,8 +66,11 @@ fn gptq_arguments_and_bad_inputs_fail_clearly() {
     let base = ["quantize", s(&m), s(&out), "--type", "Q4_0"];
     for (extra, code, needle) in [
         (vec!["--method", "gptq"], 2, "--calib"),
+        (vec!["--method", "awq"], 2, "--calib"),
+        (vec!["--method", "awq-gptq"], 2, "--calib"),
         (vec!["--calib", s(&text)], 2, "only used with --method gptq"),
         (
+            // The importance matrix is read (for the group scales): a bad one is an error.
             vec![
                 "--method",
                 "gptq",
@@ -76,18 +79,23 @@ fn gptq_arguments_and_bad_inputs_fail_clearly() {
                 "--imatrix",
                 s(&text),
             ],
-            2,
-            "cannot be combined",
+            1,
+            "cannot load the importance matrix",
         ),
         (
             vec!["--method", "gptq", "--calib", s(&text), "--gptq-damp=-1"],
             2,
             "non-negative",
         ),
-        (vec!["--method", "awq"], 2, "invalid value"),
+        (vec!["--method", "bogus"], 2, "invalid value"),
         // Not a runnable model: calibration cannot run it.
         (
             vec!["--method", "gptq", "--calib", s(&text)],
+            1,
+            "GPTQ calibration failed",
+        ),
+        (
+            vec!["--method", "awq", "--calib", s(&text)],
             1,
             "GPTQ calibration failed",
         ),
@@ -98,6 +106,27 @@ fn gptq_arguments_and_bad_inputs_fail_clearly() {
         assert_eq!(o.status.code(), Some(code), "{full:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(needle), "{full:?}: {}", stderr(&o));
         assert!(!stderr(&o).contains("panicked"));
+        assert!(!out.exists());
+    }
+    // AWQ only makes sense for a quantized output type.
+    for ty in ["F32", "F16", "BF16"] {
+        let o = run(&[
+            "quantize",
+            s(&m),
+            s(&out),
+            "--type",
+            ty,
+            "--method",
+            "awq",
+            "--calib",
+            s(&text),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{ty}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("not a quantized type"),
+            "{ty}: {}",
+            stderr(&o)
+        );
         assert!(!out.exists());
     }
 }
@@ -139,7 +168,14 @@ fn gptq_real_model_short_calibration() {
     let mut n_diff = 0;
     for t in fr.tensors() {
         let g = fg.tensor(&t.name).unwrap();
-        assert_eq!((g.ty, &g.dims), (t.ty, &t.dims), "{}", t.name);
+        // GPTQ rounds with an importance, so the recipe is llama.cpp's imatrix one: Q4_1 for
+        // the first n_layer/8 = 3 ffn_down weights.
+        let first_down = ["blk.0.", "blk.1.", "blk.2."]
+            .iter()
+            .any(|p| t.name.starts_with(p))
+            && t.name.contains("ffn_down");
+        let want = if first_down { GgmlType::Q4_1 } else { t.ty };
+        assert_eq!((g.ty, &g.dims), (want, &t.dims), "{}", t.name);
         let differs = fr.tensor_data(t) != fg.tensor_data(g);
         // GPTQ changes exactly the blk.* Q4_0 weights (the others are rounded as before).
         let expect = t.name.starts_with("blk.") && t.ty == GgmlType::Q4_0;
@@ -206,5 +242,172 @@ fn gptq_real_model_short_calibration() {
         );
     } else {
         eprintln!("llama.cpp's llama-completion is not built; skipped running the file there");
+    }
+}
+
+/// The AWQ fold on the real model: with random positive scales in every group, the scaled
+/// model's logits equal the unscaled model's. Every matrix is turned to F32 first, so that
+/// no activation is rounded to 8 bits on the way (a quantized matmul's input rounding would
+/// turn f32-level differences into whole quantization steps).
+#[test]
+fn awq_fold_keeps_the_real_models_function() {
+    use std::sync::Arc;
+    let Some(model) = real_model() else { return };
+    let q = GgufFile::open(&model).unwrap();
+    let mut w = GgufWriter::new();
+    for (key, value) in q.metadata().iter() {
+        w.add_metadata(key, value.clone()).unwrap();
+    }
+    for t in q.tensors() {
+        let v = edgelm_quant::model::tensor_to_f32(&q, t).unwrap();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.add_tensor(t.name.clone(), &t.dims, GgmlType::F32, bytes)
+            .unwrap();
+    }
+    let file = GgufFile::from_bytes(w.to_bytes()).unwrap();
+    drop(q);
+    let groups = edgelm_quant::awq::llama_groups(30);
+    let mut seed = 12345u64;
+    let mut rnd = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let results =
+        |random: bool, rnd: &mut dyn FnMut() -> f32| -> Vec<edgelm_quant::awq::GroupResult> {
+            groups
+                .iter()
+                .map(|g| {
+                    let n = file.tensor(&g.weights[0]).unwrap().row_len();
+                    edgelm_quant::awq::GroupResult {
+                        key: g.key.clone(),
+                        alpha: 0.0,
+                        error_before: 0.0,
+                        error_after: 0.0,
+                        scales: (0..n)
+                            .map(|_| if random { 0.5 + 1.5 * rnd() } else { 1.0 })
+                            .collect(),
+                    }
+                })
+                .collect()
+        };
+    let ones = results(false, &mut rnd);
+    let random = results(true, &mut rnd);
+    let logits = |res: &[edgelm_quant::awq::GroupResult]| -> Vec<f32> {
+        let bytes = edgelm_quant::awq::apply(&file, &groups, res).unwrap();
+        let f = Arc::new(GgufFile::from_bytes(bytes).unwrap());
+        let m = edgelm_model::Model::load(f).unwrap();
+        let pool = edgelm_kernels::ThreadPool::new(2).unwrap();
+        let mut st = m
+            .new_state_with(32, 32, edgelm_model::CacheType::F16)
+            .unwrap();
+        let toks: Vec<u32> = (0..16).map(|i| 100 + 37 * i).collect();
+        m.forward(&pool, &mut st, &toks, edgelm_model::Logits::All)
+            .unwrap()
+            .to_vec()
+    };
+    let (a, b) = (logits(&ones), logits(&random));
+    assert_eq!(a.len(), b.len());
+    let max_abs = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("AWQ fold: max |logit| {max_abs}, max difference {max_diff}");
+    assert!(
+        max_diff < 1e-3 * max_abs.max(1.0),
+        "{max_diff} vs {max_abs}"
+    );
+    // And the weights did change.
+    assert_ne!(
+        edgelm_quant::awq::apply(&file, &groups, &ones).unwrap(),
+        edgelm_quant::awq::apply(&file, &groups, &random).unwrap()
+    );
+}
+
+/// `--method awq-gptq --type Q2_K` on the real model with a short calibration: K-quant
+/// GPTQ (ffn_down is Q3_K there) and the AWQ fold; the file keeps llama-quantize's types
+/// and shapes, decodes to finite values, and generates in edgelm (and llama.cpp when built).
+#[test]
+fn awq_gptq_real_model_q2_k() {
+    let Some(model) = real_model() else { return };
+    let Some(text) = calib_text() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let rtn = tmp.path().join("rtn.gguf");
+    let awq = tmp.path().join("awq.gguf");
+    let common = ["--type", "Q2_K", "--allow-requantize", "-q"];
+    let mut a = vec!["quantize", s(&model), s(&rtn)];
+    a.extend(common);
+    let o = run(&a);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut a = vec![
+        "quantize",
+        s(&model),
+        s(&awq),
+        "--method",
+        "awq-gptq",
+        "--calib",
+        s(&text),
+        "--calib-chunks",
+        "1",
+        "--calib-ctx",
+        "64",
+    ];
+    a.extend(common);
+    let o = run(&a);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (fr, fa) = (GgufFile::open(&rtn).unwrap(), GgufFile::open(&awq).unwrap());
+    let mut k_quant = 0;
+    for t in fr.tensors() {
+        let g = fa.tensor(&t.name).unwrap();
+        assert_eq!((g.ty, &g.dims), (t.ty, &t.dims), "{}", t.name);
+        if t.name.starts_with("blk.") && t.dims.len() == 2 {
+            assert_ne!(fr.tensor_data(t), fa.tensor_data(g), "{}", t.name);
+            let v = edgelm_quant::model::tensor_to_f32(&fa, g).unwrap();
+            assert!(v.iter().all(|x| x.is_finite()), "{}", t.name);
+            k_quant += (g.ty == GgmlType::Q3_K) as usize;
+        }
+    }
+    assert_eq!(k_quant, 30, "ffn_down is Q3_K in every layer");
+    drop((fr, fa));
+    let o = run(&[
+        "run",
+        "-m",
+        s(&awq),
+        "-p",
+        "The capital of France is",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).trim().is_empty());
+    let llama = PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+        .join(".cache/edgelm-ref/llama.cpp/build/bin/llama-completion");
+    if llama.is_file() {
+        let o = Command::new(&llama)
+            .args([
+                "-m",
+                s(&awq),
+                "-p",
+                "The capital of France is",
+                "-n",
+                "8",
+                "--temp",
+                "0",
+                "-no-cnv",
+                "-t",
+                "2",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!String::from_utf8_lossy(&o.stdout).trim().is_empty());
+    } else {
+        eprintln!("llama.cpp check skipped: {} is absent", llama.display());
     }
 }

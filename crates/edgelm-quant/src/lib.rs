@@ -19,8 +19,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod awq;
 pub mod compare;
 pub mod gptq;
+pub mod gptq_grid;
 pub mod imatrix;
 pub mod kquants;
 pub mod legacy;
@@ -220,7 +222,7 @@ pub fn quantize_rows(
 
 /// One row with an importance vector (`qw.len() == x.len()`): ggml's `quantize_row_*_impl`;
 /// types without an importance-weighted path (Q8_0, F32, F16, BF16) ignore `qw`, as in ggml.
-fn quantize_row_weighted(
+pub(crate) fn quantize_row_weighted(
     ty: GgmlType,
     x: &[f32],
     qw: &[f32],

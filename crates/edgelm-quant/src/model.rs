@@ -307,11 +307,12 @@ pub fn quantize_model_with<'a>(
             };
             let hessian = gptq.and_then(|g| g.for_tensor(&t.name, p.to, &t.dims));
             let data = match (hessian, importance) {
-                (Some(h), _) => crate::gptq::quantize_rows_gptq(
+                (Some(h), qw) => crate::gptq::quantize_rows_gptq(
                     p.to,
                     &f32s,
                     n_per_row,
                     h,
+                    qw.filter(|v| v.len() == n_per_row),
                     &gptq.expect("hessian implies gptq").options,
                 )
                 .map_err(|source| ModelError::Gptq {
@@ -359,15 +360,14 @@ pub struct GptqCalibration {
 
 impl GptqCalibration {
     /// The Hessian GPTQ uses for `name` quantized to `ty`, when GPTQ applies (a 2-D weight
-    /// with a Hessian of its row width, and a 32-element legacy target type).
+    /// with a Hessian of its row width, and a target type with a GPTQ grid).
     pub fn for_tensor(
         &self,
         name: &str,
         ty: GgmlType,
         dims: &[u64],
     ) -> Option<&crate::gptq::Hessian> {
-        use GgmlType::*;
-        if !matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0) || dims.len() != 2 {
+        if crate::gptq_grid::group_len(ty).is_none() || dims.len() != 2 {
             return None;
         }
         self.hessians

@@ -16,7 +16,7 @@ use crate::{f16_bits, f16_value};
 
 /// ggml `make_qkx3_quants` with weights given. Returns `(scale, -min)`.
 #[allow(clippy::too_many_arguments)]
-fn make_qkx3_quants(
+pub(crate) fn make_qkx3_quants(
     x: &[f32],
     weights: &[f32],
     nmax: i32,

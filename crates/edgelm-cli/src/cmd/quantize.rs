@@ -62,9 +62,11 @@ pub struct QuantizeArgs {
     pub imatrix: Option<PathBuf>,
     /// Rounding method: `rtn` (round to nearest, llama-quantize's, optionally
     /// importance-weighted with --imatrix) or `gptq` (error-compensating rounding against
-    /// each weight input's Hessian from --calib text; Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 tensors,
-    /// the others as rtn). The output blocks are the same ggml formats either way.
-    #[arg(long, default_value = "rtn", value_parser = ["rtn", "gptq"])]
+    /// each weight input's Hessian from --calib text; Q4_0..Q8_0 and Q2_K..Q6_K tensors, the
+    /// others as rtn), `awq` (activation-aware input scales searched on --calib text and
+    /// folded into the norms / ffn_up, then importance-weighted rtn) or `awq-gptq` (both).
+    /// The output blocks are the same ggml formats either way.
+    #[arg(long, default_value = "rtn", value_parser = ["rtn", "gptq", "awq", "awq-gptq"])]
     pub method: String,
     /// Calibration text for --method gptq (the model being quantized is run over it).
     #[arg(long)]
@@ -75,6 +77,11 @@ pub struct QuantizeArgs {
     /// Tokens per calibration chunk.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(2..))]
     pub calib_ctx: u32,
+    /// GPTQ calibration cache: Hessians are read from this file when it exists, otherwise
+    /// computed from --calib and written to it (the file does not record the text or chunks:
+    /// delete it when those change).
+    #[arg(long)]
+    pub calib_cache: Option<PathBuf>,
     /// GPTQ damping: this fraction of the Hessian's mean diagonal is added to its diagonal.
     #[arg(long, default_value_t = 0.01)]
     pub gptq_damp: f64,
@@ -123,19 +130,28 @@ fn parse_tensor_type(s: &str) -> Result<(String, GgmlType), String> {
 /// Runs `edgelm quantize`.
 pub fn run(args: &QuantizeArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let gptq = args.method == "gptq";
-    if gptq {
+    let gptq = args.method == "gptq" || args.method == "awq-gptq";
+    let awq = args.method.starts_with("awq");
+    let method = args.method.as_str();
+    if gptq || awq {
         if args.calib.is_none() {
-            return Err(usage(
-                "--method gptq needs calibration text (--calib FILE): GPTQ uses the full \
-                 input Hessian, which an importance matrix (its diagonal) does not hold",
-            ));
+            return Err(usage(format!(
+                "--method {method} needs calibration text (--calib FILE): it uses the full \
+                 input Hessian, which an importance matrix (its diagonal) does not hold"
+            )));
         }
-        if args.imatrix.is_some() {
-            return Err(usage(
-                "--imatrix and --method gptq cannot be combined (GPTQ computes its own \
-                 Hessians from --calib)",
-            ));
+        if awq
+            && matches!(
+                args.file_type,
+                FileType::F32 | FileType::F16 | FileType::BF16
+            )
+        {
+            return Err(usage(format!(
+                "--method {method} cannot produce {}: AWQ scales protect weights from \
+                 quantization error, and {} is not a quantized type",
+                args.file_type.name(),
+                args.file_type.name()
+            )));
         }
         if !(args.gptq_damp.is_finite() && args.gptq_damp >= 0.0) {
             return Err(usage(format!(
@@ -144,7 +160,9 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             )));
         }
     } else if args.calib.is_some() {
-        return Err(usage("--calib is only used with --method gptq"));
+        return Err(usage(
+            "--calib is only used with --method gptq, awq or awq-gptq",
+        ));
     }
     let file = if args.input.is_dir() {
         let bytes = crate::hf::convert_dir(&args.input, args.tokenizer_pre.as_deref())
@@ -169,7 +187,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         )),
         None => None,
     };
-    let opts = QuantizeOptions {
+    let mut opts = QuantizeOptions {
         file_type: args.file_type,
         recipe: RecipeOptions {
             overrides: args.tensor_type.clone(),
@@ -177,7 +195,9 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             token_embedding_type: args.token_embedding_type,
             pure: args.pure,
             leave_output_tensor: args.leave_output_tensor,
-            has_imatrix: imatrix.is_some(),
+            // GPTQ and AWQ always round with an importance (the imatrix or diag(H)), so the
+            // recipe is the imatrix one (Q4_0/Q5_0: Q4_1/Q5_1 for the first ffn_down layers).
+            has_imatrix: imatrix.is_some() || gptq || awq,
         },
         allow_requantize: args.allow_requantize,
         imatrix,
@@ -198,8 +218,8 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         .num_threads(args.global.n_threads())
         .build()
         .context("cannot start worker threads")?;
-    let calibration = match &args.calib {
-        Some(text) if gptq => Some(
+    let mut calibration = match &args.calib {
+        Some(text) if gptq || awq => Some(
             pool.install(|| {
                 super::gptq::calibrate(
                     &args.input,
@@ -209,6 +229,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                         chunks: args.calib_chunks as usize,
                         n_ctx: args.calib_ctx as usize,
                         damp: args.gptq_damp,
+                        cache: args.calib_cache.as_deref(),
                     },
                     &args.global,
                 )
@@ -217,6 +238,15 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         ),
         _ => None,
     };
+    let file = match (&mut calibration, awq) {
+        (Some(calib), true) => {
+            let scaled =
+                pool.install(|| super::gptq::apply_awq(&file, &mut opts, calib, &args.global))?;
+            std::sync::Arc::new(scaled)
+        }
+        _ => file,
+    };
+    let calibration = if gptq { calibration } else { None };
     let mut types: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut fallbacks: BTreeMap<(&'static str, &'static str), usize> = BTreeMap::new();
     let result = pool.install(|| {
