@@ -123,8 +123,8 @@ fn dot4(e: Elem, n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
         for u in 0..2 {
             let o = (i + 8 * u) * sz;
             let wv = unsafe { e.load8(pw.add(o)) };
-            for (t, p) in pa.iter().enumerate() {
-                acc[t][u] = unsafe { _mm256_fmadd_ps(wv, e.load8(p.add(o)), acc[t][u]) };
+            for (acc, p) in acc.iter_mut().zip(&pa) {
+                acc[u] = unsafe { _mm256_fmadd_ps(wv, e.load8(p.add(o)), acc[u]) };
             }
         }
         i += 16;
