@@ -48,6 +48,8 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Compute an importance matrix from calibration text, as llama-imatrix does.
     Imatrix(cmd::imatrix::ImatrixArgs),
+    /// Sweep quantization types and methods: size, PPL, KLD against the base, vs llama.cpp.
+    CompressReport(cmd::compress_report::CompressReportArgs),
 }
 
 impl Command {
@@ -65,6 +67,7 @@ impl Command {
             Command::Quantize(a) => &a.global,
             Command::Eval(a) => &a.global,
             Command::Imatrix(a) => &a.global,
+            Command::CompressReport(a) => &a.global,
         }
     }
 }
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Imatrix(a) => cmd::imatrix::run(a),
+        Command::CompressReport(a) => cmd::compress_report::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

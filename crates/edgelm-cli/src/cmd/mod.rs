@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod compress_report;
 pub mod eval;
 pub mod fetch;
 pub mod finetune;
