@@ -43,7 +43,10 @@ fn llama_bin(tool: &str) -> Option<PathBuf> {
     if p.is_file() {
         Some(p)
     } else {
-        eprintln!("llama.cpp's {tool} is not built ({}): no llama.cpp rows", p.display());
+        eprintln!(
+            "llama.cpp's {tool} is not built ({}): no llama.cpp rows",
+            p.display()
+        );
         None
     }
 }
@@ -144,7 +147,15 @@ fn tiny_model(path: &Path) {
 
 fn text(path: &Path) {
     let mut t = String::new();
-    let words = ["the", "hello", "quantized", "model", "here", "whether", "shed"];
+    let words = [
+        "the",
+        "hello",
+        "quantized",
+        "model",
+        "here",
+        "whether",
+        "shed",
+    ];
     for i in 0..600 {
         t.push_str(words[(i * 7 + i / 3) % words.len()]);
         t.push(if i % 11 == 10 { '\n' } else { ' ' });
@@ -183,14 +194,7 @@ fn json(o: &Output) -> serde_json::Value {
 fn eval_with_a_base_file_equals_the_direct_run_and_refuses_mismatches() {
     let f = fixture();
     let q = f.root.join("q4_0.gguf");
-    let o = run(&[
-        "quantize",
-        s(&f.model),
-        s(&q),
-        "--type",
-        "Q4_0",
-        "-q",
-    ]);
+    let o = run(&["quantize", s(&f.model), s(&q), "--type", "Q4_0", "-q"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let cache = f.root.join("base.kld");
     let eval = |extra: &[&str]| {
@@ -224,7 +228,10 @@ fn eval_with_a_base_file_equals_the_direct_run_and_refuses_mismatches() {
     // Another window, chunk count, text or base: refused, naming what differs.
     for (extra, needle) in [
         (vec!["-c", "32"], "windows of 64"),
-        (vec!["--chunks", "3"], "holds 4 windows, this run evaluates 3"),
+        (
+            vec!["--chunks", "3"],
+            "holds 4 windows, this run evaluates 3",
+        ),
         (vec!["--base", s(&q)], "another base model"),
     ] {
         let mut a = vec!["--base-cache", s(&cache)];
@@ -351,7 +358,10 @@ fn sweep_end_to_end_and_resume() {
     if !font {
         eprintln!("skipped the chart checks: no font (scripts/test.sh installs fonts-dejavu-core)");
     }
-    for png in ["size_ppl.png", "size_kld.png"].into_iter().filter(|_| font) {
+    for png in ["size_ppl.png", "size_kld.png"]
+        .into_iter()
+        .filter(|_| font)
+    {
         let bytes = std::fs::read(out.join(png)).unwrap();
         let dec = png::Decoder::new(&bytes[..]);
         let reader = dec.read_info().unwrap_or_else(|e| panic!("{png}: {e}"));
@@ -429,7 +439,10 @@ fn bad_arguments_fail_clearly() {
         e.contains("--calib") || e.contains("not supported by this edgelm build"),
         "{e}"
     );
-    assert!(!out.exists(), "nothing is written before the arguments are checked");
+    assert!(
+        !out.exists(),
+        "nothing is written before the arguments are checked"
+    );
     // A model that is not GGUF fails on the first row with the quantizer's message.
     let junk = f.root.join("junk.gguf");
     std::fs::write(&junk, b"not a gguf").unwrap();

@@ -379,7 +379,10 @@ pub fn kld_windows(
         return Err(RuntimeError::TokenOutOfRange { id: bos, n_vocab });
     }
     let n_chunk_max = tokens.len() / n_ctx;
-    Ok((opts.n_chunks.map_or(n_chunk_max, |n| n.min(n_chunk_max)), n_ctx))
+    Ok((
+        opts.n_chunks.map_or(n_chunk_max, |n| n.min(n_chunk_max)),
+        n_ctx,
+    ))
 }
 
 /// [`kl_divergence_with`] with the base's rows from any [`BaseRows`] (a live model or a
@@ -624,7 +627,10 @@ mod tests {
         assert_eq!(r.n_chunks, 4);
         assert_eq!(r.n_tokens_scored, 4 * 7);
         // Only the base's 16-bit encoding (steps of 4/65535 here) separates them.
-        assert!(r.kld_mean.mean.abs() < 1e-4 && r.kld_max.abs() < 1e-4, "{r:?}");
+        assert!(
+            r.kld_mean.mean.abs() < 1e-4 && r.kld_max.abs() < 1e-4,
+            "{r:?}"
+        );
         assert_eq!(r.same_top.mean, 1.0);
         assert!((r.ppl.mean / r.ppl_base.mean - 1.0).abs() < 1e-4);
         // The base perplexity equals the perplexity runner's.
@@ -683,7 +689,9 @@ mod tests {
 
     #[test]
     fn encoded_rows_hold_log_probabilities_within_half_a_step() {
-        let logits: Vec<f32> = (0..101).map(|i| ((i * 37) % 101) as f32 * 0.3 - 9.0).collect();
+        let logits: Vec<f32> = (0..101)
+            .map(|i| ((i * 37) % 101) as f32 * 0.3 - 9.0)
+            .collect();
         let mut row = vec![0u16; base_row_len(logits.len())];
         assert_eq!(row.len(), 2 * 51 + 4);
         encode_base_row(&logits, &mut row);
@@ -720,15 +728,14 @@ mod tests {
         let path = dir.path().join("base.kld");
         let toks = tokens();
         let (n_chunks, n_ctx) = kld_windows(&toks, 13, &opts).unwrap();
-        let mut w =
-            crate::KldBaseWriter::create(&path, &toks, n_ctx, n_chunks, 13, None).unwrap();
+        let mut w = crate::KldBaseWriter::create(&path, &toks, n_ctx, n_chunks, 13, None).unwrap();
         let mut b = table(0.4);
         let mut sink = |rows: &[u16]| w.write_chunk(rows);
         let mut live = LiveBase::new(&mut b, Some(&mut sink));
         let r1 = kl_divergence_rows(&mut live, &mut table(0.1), &toks, &opts, |_| {}).unwrap();
         w.finish().unwrap();
-        let r0 = kl_divergence_with(&mut table(0.4), &mut table(0.1), &toks, &opts, |_| {})
-            .unwrap();
+        let r0 =
+            kl_divergence_with(&mut table(0.4), &mut table(0.1), &toks, &opts, |_| {}).unwrap();
         let mut file = crate::KldBaseReader::open(&path).unwrap();
         file.info()
             .check(&path, &toks, n_ctx, n_chunks, 13, None)

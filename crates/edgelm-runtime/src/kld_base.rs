@@ -153,8 +153,7 @@ impl KldBaseReader {
         let n_ctx = read_u32(&mut f).map_err(io)? as u64;
         let n_vocab = read_u32(&mut f).map_err(io)? as u64;
         let n_chunks = read_u32(&mut f).map_err(io)? as u64;
-        if !(4..=MAX_CTX).contains(&n_ctx) || n_vocab == 0 || n_vocab > MAX_VOCAB || n_chunks == 0
-        {
+        if !(4..=MAX_CTX).contains(&n_ctx) || n_vocab == 0 || n_vocab > MAX_VOCAB || n_chunks == 0 {
             return Err(err(
                 path,
                 format!("bad header: n_ctx {n_ctx}, n_vocab {n_vocab}, n_chunk {n_chunks}"),
@@ -178,7 +177,12 @@ impl KldBaseReader {
         };
         let base = if len > body {
             let extra = len - body;
-            let bad = || err(path, format!("{extra} unexpected bytes after the last window"));
+            let bad = || {
+                err(
+                    path,
+                    format!("{extra} unexpected bytes after the last window"),
+                )
+            };
             if extra < 16 {
                 return Err(bad());
             }
@@ -300,7 +304,11 @@ impl KldBaseWriter {
         }
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io)?);
         out.write_all(MAGIC).map_err(io)?;
-        for (v, what) in [(n_ctx, "n_ctx"), (n_vocab, "n_vocab"), (n_chunks, "n_chunk")] {
+        for (v, what) in [
+            (n_ctx, "n_ctx"),
+            (n_vocab, "n_vocab"),
+            (n_chunks, "n_chunk"),
+        ] {
             let v = i32::try_from(v).map_err(|_| too_big(what))?;
             out.write_all(&v.to_le_bytes()).map_err(io)?;
         }

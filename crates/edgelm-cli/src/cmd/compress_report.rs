@@ -251,7 +251,9 @@ fn check_args(args: &CompressReportArgs) -> Result<()> {
             return Err(usage("method imatrix needs --imatrix FILE"));
         }
         if (m == "gptq" || m == "awq") && args.calib.is_none() {
-            return Err(usage(format!("method {m} needs calibration text (--calib FILE)")));
+            return Err(usage(format!(
+                "method {m} needs calibration text (--calib FILE)"
+            )));
         }
     }
     let mut files: Vec<(&Path, &str)> = vec![(&args.model, "--model"), (&args.file, "--file")];
@@ -313,10 +315,9 @@ fn run_timed(cmd: &mut Command, what: &str) -> Result<(String, f64)> {
 /// `(bits per weight over tensor data, tensor bytes)` of a GGUF file.
 fn gguf_bpw(path: &Path) -> Result<f64> {
     let f = GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (bytes, elems) = f
-        .tensors()
-        .iter()
-        .fold((0u64, 0u64), |(b, e), t| (b + t.n_bytes, e + t.n_elements()));
+    let (bytes, elems) = f.tensors().iter().fold((0u64, 0u64), |(b, e), t| {
+        (b + t.n_bytes, e + t.n_elements())
+    });
     Ok(if elems == 0 {
         0.0
     } else {
@@ -352,7 +353,9 @@ pub fn parse_llama_kld(text: &str) -> Result<Figures> {
             .with_context(|| format!("no \"{prefix}\" line in its output"))?;
         let rest = line[prefix.len()..].trim_start_matches([' ', ':']);
         let rest = rest.trim_end_matches(['%', ' ']);
-        let mut parts = rest.split('±').map(|p| p.trim().trim_end_matches(['%', ' ']));
+        let mut parts = rest
+            .split('±')
+            .map(|p| p.trim().trim_end_matches(['%', ' ']));
         let num = |p: Option<&str>| -> Result<f64> {
             p.with_context(|| format!("no number in \"{line}\""))?
                 .trim()
@@ -600,7 +603,10 @@ pub fn run(args: &CompressReportArgs) -> Result<()> {
         text: abs(&args.file).display().to_string(),
         n_ctx: args.ctx_size,
         chunks: args.chunks,
-        imatrix: args.imatrix.as_deref().map(|p| abs(p).display().to_string()),
+        imatrix: args
+            .imatrix
+            .as_deref()
+            .map(|p| abs(p).display().to_string()),
         calib: args.calib.as_deref().map(|p| abs(p).display().to_string()),
         calib_chunks: args.calib_chunks,
         evaluator: if args.llama_perplexity.is_some() {
@@ -789,7 +795,9 @@ pub fn render_markdown(report: &Report) -> String {
         c.text,
         c.n_ctx,
         c.chunks.map_or("all".into(), |n| n.to_string()),
-        c.imatrix.as_deref().map_or("none".into(), |p| format!("`{p}`")),
+        c.imatrix
+            .as_deref()
+            .map_or("none".into(), |p| format!("`{p}`")),
         c.evaluator,
     );
     let _ = writeln!(
@@ -853,7 +861,10 @@ pub fn render_markdown(report: &Report) -> String {
         ratios.sort_by(f64::total_cmp);
         let k = ratios.len();
         let median = 0.5 * (ratios[(k - 1) / 2] + ratios[k / 2]);
-        let _ = writeln!(s, "\nMedian ratio edgelm / llama.cpp: {median:.2}× over {k} pairs");
+        let _ = writeln!(
+            s,
+            "\nMedian ratio edgelm / llama.cpp: {median:.2}× over {k} pairs"
+        );
     }
     let _ = writeln!(
         s,

@@ -108,81 +108,82 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
     };
     let existing = args.base_cache.as_ref().filter(|c| c.exists());
-    let (r, base_shown, cache_state): (KldResult, String, Option<&str>) = match (
-        existing,
-        &args.base,
-    ) {
-        (Some(cache), base) => {
-            let mut reader = KldBaseReader::open(cache)?;
-            let base_id = base.as_deref().map(file_digest).transpose()?;
-            reader
-                .info()
-                .check(
-                    cache,
-                    &tokens,
-                    n_ctx,
-                    n_chunks,
-                    tok.n_vocab(),
-                    base_id.as_deref(),
-                )
-                .map_err(|e| usage(e.to_string()))?;
-            let model = super::load_model(&path, &file)?;
-            let pool = super::thread_pool(&args.global)?;
-            let r = kl_divergence_from(&mut reader, &model, &pool, &tokens, &opts, progress)?;
-            let shown = match base {
-                Some(b) => format!("{} (from {})", b.display(), cache.display()),
-                None => cache.display().to_string(),
-            };
-            (r, shown, Some("read"))
-        }
-        (None, Some(base_path)) => {
-            let (base_path, base_file) = super::open_gguf(Some(base_path))?;
-            let base_tok = super::load_tokenizer(&base_path, &base_file)?;
-            if base_tok.n_vocab() != tok.n_vocab() {
-                return Err(usage(format!(
-                    "{} and {} have different vocabularies ({} and {} tokens)",
-                    base_path.display(),
-                    path.display(),
-                    base_tok.n_vocab(),
-                    tok.n_vocab()
-                )));
-            }
-            let base = super::load_model(&base_path, &base_file)?;
-            let model = super::load_model(&path, &file)?;
-            let pool = super::thread_pool(&args.global)?;
-            match &args.base_cache {
-                None => {
-                    let r = kl_divergence(&base, &model, &pool, &tokens, &opts, progress)?;
-                    (r, base_path.display().to_string(), None)
-                }
-                Some(cache) => {
-                    let mut writer = KldBaseWriter::create(
+    let (r, base_shown, cache_state): (KldResult, String, Option<&str>) =
+        match (existing, &args.base) {
+            (Some(cache), base) => {
+                let mut reader = KldBaseReader::open(cache)?;
+                let base_id = base.as_deref().map(file_digest).transpose()?;
+                reader
+                    .info()
+                    .check(
                         cache,
                         &tokens,
                         n_ctx,
                         n_chunks,
                         tok.n_vocab(),
-                        Some(file_digest(&base_path)?),
-                    )?;
-                    let mut engine = kld_engine(&base, &pool, &opts)?;
-                    let mut sink = |rows: &[u16]| writer.write_chunk(rows);
-                    let mut live = LiveBase::new(&mut engine, Some(&mut sink));
-                    let r = kl_divergence_from(&mut live, &model, &pool, &tokens, &opts, progress)?;
-                    writer.finish()?;
-                    (r, base_path.display().to_string(), Some("written"))
+                        base_id.as_deref(),
+                    )
+                    .map_err(|e| usage(e.to_string()))?;
+                let model = super::load_model(&path, &file)?;
+                let pool = super::thread_pool(&args.global)?;
+                let r = kl_divergence_from(&mut reader, &model, &pool, &tokens, &opts, progress)?;
+                let shown = match base {
+                    Some(b) => format!("{} (from {})", b.display(), cache.display()),
+                    None => cache.display().to_string(),
+                };
+                (r, shown, Some("read"))
+            }
+            (None, Some(base_path)) => {
+                let (base_path, base_file) = super::open_gguf(Some(base_path))?;
+                let base_tok = super::load_tokenizer(&base_path, &base_file)?;
+                if base_tok.n_vocab() != tok.n_vocab() {
+                    return Err(usage(format!(
+                        "{} and {} have different vocabularies ({} and {} tokens)",
+                        base_path.display(),
+                        path.display(),
+                        base_tok.n_vocab(),
+                        tok.n_vocab()
+                    )));
+                }
+                let base = super::load_model(&base_path, &base_file)?;
+                let model = super::load_model(&path, &file)?;
+                let pool = super::thread_pool(&args.global)?;
+                match &args.base_cache {
+                    None => {
+                        let r = kl_divergence(&base, &model, &pool, &tokens, &opts, progress)?;
+                        (r, base_path.display().to_string(), None)
+                    }
+                    Some(cache) => {
+                        let mut writer = KldBaseWriter::create(
+                            cache,
+                            &tokens,
+                            n_ctx,
+                            n_chunks,
+                            tok.n_vocab(),
+                            Some(file_digest(&base_path)?),
+                        )?;
+                        let mut engine = kld_engine(&base, &pool, &opts)?;
+                        let mut sink = |rows: &[u16]| writer.write_chunk(rows);
+                        let mut live = LiveBase::new(&mut engine, Some(&mut sink));
+                        let r =
+                            kl_divergence_from(&mut live, &model, &pool, &tokens, &opts, progress)?;
+                        writer.finish()?;
+                        (r, base_path.display().to_string(), Some("written"))
+                    }
                 }
             }
-        }
-        (None, None) => {
-            return Err(usage(match &args.base_cache {
-                Some(c) => format!(
+            (None, None) => {
+                return Err(usage(match &args.base_cache {
+                    Some(c) => format!(
                     "{} does not exist yet: give --base to compute the base's log-probabilities",
                     c.display()
                 ),
-                None => "--base MODEL (or --base-cache with an existing file) is required".into(),
-            }))
-        }
-    };
+                    None => {
+                        "--base MODEL (or --base-cache with an existing file) is required".into()
+                    }
+                }))
+            }
+        };
     let mut out = std::io::stdout().lock();
     if args.global.json {
         let obj = json!({
