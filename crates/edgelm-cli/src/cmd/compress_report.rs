@@ -456,7 +456,11 @@ impl Sweep<'_> {
 
     fn evaluate(&self, file: &Path) -> Result<Figures> {
         match &self.args.llama_perplexity {
-            Some(lp) => self.evaluate_llama(lp, file),
+            // Once more on a failure: llama-perplexity's output has been seen cut short.
+            Some(lp) => self.evaluate_llama(lp, file).or_else(|e| {
+                eprintln!("warning: {e:#}; running llama-perplexity once more");
+                self.evaluate_llama(lp, file)
+            }),
             None => self.evaluate_edgelm(file),
         }
     }
@@ -585,6 +589,72 @@ impl Sweep<'_> {
         self.report.rows.push(row);
         self.save()
     }
+
+    /// Quantizes, compares and evaluates one row and records it.
+    fn row(&mut self, tag: &str, t: FileType, method: &str, quantizer: &str) -> Result<()> {
+        let quiet = self.args.global.quiet;
+        let file = self.files_dir.join(format!(
+            "{}-{method}-{}.gguf",
+            t.name(),
+            if quantizer == "edgelm" {
+                "edgelm"
+            } else {
+                "llamacpp"
+            }
+        ));
+        if !quiet {
+            eprintln!("{tag}: quantizing ...");
+        }
+        let quantize_s = if quantizer == "edgelm" {
+            self.edgelm_quantize(t, method, &file)?
+        } else {
+            self.llama_quantize(t, method, &file)?
+        };
+        let bpw = gguf_bpw(&file)?;
+        let file_bytes = std::fs::metadata(&file)?.len();
+        let twin = (quantizer != "edgelm")
+            .then(|| self.done(t, method, "edgelm").cloned())
+            .flatten();
+        let identical = match &twin {
+            Some(tw) => same_tensors(&file, Path::new(&tw.file))?,
+            None => false,
+        };
+        let figures = match twin.filter(|_| identical && !self.args.eval_identical) {
+            Some(tw) => tw.figures,
+            None => {
+                if !quiet {
+                    eprintln!("{tag}: quantized in {quantize_s:.1} s, evaluating ...");
+                }
+                self.evaluate(&file)?
+            }
+        };
+        if !quiet {
+            eprintln!(
+                "{tag}: {:.2} MiB, {bpw:.3} bpw, PPL {:.4}, KLD {:.6}, top-1 {:.2} %, quantize \
+                 {quantize_s:.1} s{}",
+                file_bytes as f64 / (1 << 20) as f64,
+                figures.ppl,
+                figures.kld_mean,
+                100.0 * figures.same_top,
+                if identical {
+                    " (tensors identical to edgelm's)"
+                } else {
+                    ""
+                }
+            );
+        }
+        self.push(Row {
+            file_type: t.name().into(),
+            method: method.into(),
+            quantizer: quantizer.into(),
+            file: file.display().to_string(),
+            file_bytes,
+            bpw,
+            quantize_s,
+            identical_tensors: identical,
+            figures,
+        })
+    }
 }
 
 /// Runs `edgelm compress-report`.
@@ -671,6 +741,7 @@ pub fn run(args: &CompressReportArgs) -> Result<()> {
         }
     }
     let n = jobs.len();
+    let mut failed = Vec::new();
     for (i, (t, method, quantizer)) in jobs.into_iter().enumerate() {
         let tag = format!("[{}/{n}] {t} {method} {quantizer}", i + 1);
         if sweep.done(t, method, quantizer).is_some() {
@@ -679,69 +750,20 @@ pub fn run(args: &CompressReportArgs) -> Result<()> {
             }
             continue;
         }
-        let file = sweep.files_dir.join(format!(
-            "{}-{method}-{}.gguf",
-            t.name(),
-            if quantizer == "edgelm" {
-                "edgelm"
-            } else {
-                "llamacpp"
-            }
-        ));
-        if !quiet {
-            eprintln!("{tag}: quantizing ...");
+        // A failed row is reported and the sweep goes on (a rerun retries it).
+        if let Err(e) = sweep.row(&tag, t, method, quantizer) {
+            eprintln!("{tag}: FAILED: {e:#}");
+            failed.push(tag);
         }
-        let quantize_s = if quantizer == "edgelm" {
-            sweep.edgelm_quantize(t, method, &file)?
-        } else {
-            sweep.llama_quantize(t, method, &file)?
-        };
-        let bpw = gguf_bpw(&file)?;
-        let file_bytes = std::fs::metadata(&file)?.len();
-        let twin = (quantizer != "edgelm")
-            .then(|| sweep.done(t, method, "edgelm").cloned())
-            .flatten();
-        let identical = match &twin {
-            Some(tw) => same_tensors(&file, Path::new(&tw.file))?,
-            None => false,
-        };
-        let figures = match twin.filter(|_| identical && !args.eval_identical) {
-            Some(tw) => tw.figures,
-            None => {
-                if !quiet {
-                    eprintln!("{tag}: quantized in {quantize_s:.1} s, evaluating ...");
-                }
-                sweep.evaluate(&file)?
-            }
-        };
-        if !quiet {
-            eprintln!(
-                "{tag}: {:.2} MiB, {bpw:.3} bpw, PPL {:.4}, KLD {:.6}, top-1 {:.2} %, quantize \
-                 {quantize_s:.1} s{}",
-                file_bytes as f64 / (1 << 20) as f64,
-                figures.ppl,
-                figures.kld_mean,
-                100.0 * figures.same_top,
-                if identical {
-                    " (tensors identical to edgelm's)"
-                } else {
-                    ""
-                }
-            );
-        }
-        sweep.push(Row {
-            file_type: t.name().into(),
-            method: method.into(),
-            quantizer: quantizer.into(),
-            file: file.display().to_string(),
-            file_bytes,
-            bpw,
-            quantize_s,
-            identical_tensors: identical,
-            figures,
-        })?;
     }
     sweep.save()?;
+    if !failed.is_empty() {
+        bail!(
+            "{} of {n} rows failed ({}); rerun the same command to retry them",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
     if !quiet {
         eprintln!(
             "wrote {} and {}",
