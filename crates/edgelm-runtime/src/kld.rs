@@ -203,20 +203,20 @@ pub trait BaseRows {
     ) -> Result<&[u16], RuntimeError>;
 }
 
+/// Receives each window's encoded base rows (e.g. [`crate::KldBaseWriter::write_chunk`]).
+pub type RowSink<'a> = &'a mut dyn FnMut(&[u16]) -> Result<(), RuntimeError>;
+
 /// A base model evaluated window by window, its rows encoded (and handed to `sink`, e.g. a
 /// [`crate::KldBaseWriter`], when one is given).
 pub struct LiveBase<'a, S: LogitsSource + ?Sized> {
     src: &'a mut S,
     rows: Vec<u16>,
-    sink: Option<&'a mut dyn FnMut(&[u16]) -> Result<(), RuntimeError>>,
+    sink: Option<RowSink<'a>>,
 }
 
 impl<'a, S: LogitsSource + ?Sized> LiveBase<'a, S> {
     /// Wraps `src`; `sink` receives each window's rows as they are made.
-    pub fn new(
-        src: &'a mut S,
-        sink: Option<&'a mut dyn FnMut(&[u16]) -> Result<(), RuntimeError>>,
-    ) -> Self {
+    pub fn new(src: &'a mut S, sink: Option<RowSink<'a>>) -> Self {
         Self {
             src,
             rows: Vec::new(),

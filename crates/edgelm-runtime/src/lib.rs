@@ -28,7 +28,7 @@ pub use generate::{
 pub use kld::{
     base_row_len, encode_base_row, kl_divergence, kl_divergence_from, kl_divergence_rows,
     kl_divergence_with, kld_engine, kld_windows, BaseRows, KldProgress, KldResult, LiveBase,
-    MeanUnc,
+    MeanUnc, RowSink,
 };
 pub use kld_base::{KldBaseInfo, KldBaseReader, KldBaseWriter};
 pub use llm::{

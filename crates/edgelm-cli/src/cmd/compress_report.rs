@@ -852,8 +852,9 @@ pub fn render_markdown(report: &Report) -> String {
         );
     }
     // Quantize-time ratios per (type, method) where both quantizers ran.
-    let mut pairs: BTreeMap<(usize, usize), (String, String, Option<f64>, Option<f64>)> =
-        BTreeMap::new();
+    // (type, method, edgelm seconds, llama.cpp seconds) per (type rank, method rank).
+    type Pair = (String, String, Option<f64>, Option<f64>);
+    let mut pairs: BTreeMap<(usize, usize), Pair> = BTreeMap::new();
     for r in &report.rows {
         let e = pairs
             .entry((type_rank(&r.file_type), method_rank(&r.method)))
@@ -940,10 +941,13 @@ fn register_font() -> Result<()> {
     .map_err(anyhow::Error::msg)
 }
 
+/// A chart series: its name and `(MiB, PPL, KLD)` points.
+type Series = (String, Vec<(f64, f64, f64)>);
+
 /// Draws `size_ppl.png` and `size_kld.png` into `dir`.
 pub fn draw_charts(rows: &[Row], dir: &Path) -> Result<()> {
     register_font()?;
-    let mut series: BTreeMap<(usize, bool), (String, Vec<(f64, f64, f64)>)> = BTreeMap::new();
+    let mut series: BTreeMap<(usize, bool), Series> = BTreeMap::new();
     for r in rows {
         let e = series
             .entry((method_rank(&r.method), r.quantizer != "edgelm"))
@@ -954,7 +958,7 @@ pub fn draw_charts(rows: &[Row], dir: &Path) -> Result<()> {
             r.figures.kld_mean,
         ));
     }
-    let series: Vec<(String, Vec<(f64, f64, f64)>)> = series
+    let series: Vec<Series> = series
         .into_values()
         .map(|(name, mut pts)| {
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -973,7 +977,7 @@ pub fn draw_charts(rows: &[Row], dir: &Path) -> Result<()> {
 }
 
 fn draw_one(
-    series: &[(String, Vec<(f64, f64, f64)>)],
+    series: &[Series],
     path: &Path,
     y_label: &str,
     log_y: bool,
