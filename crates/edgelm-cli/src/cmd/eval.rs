@@ -78,6 +78,16 @@ pub fn file_digest(path: &std::path::Path) -> Result<String> {
 
 /// Runs `edgelm eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
+    let existing = args.base_cache.as_ref().filter(|c| c.exists());
+    if existing.is_none() && args.base.is_none() {
+        return Err(usage(match &args.base_cache {
+            Some(c) => format!(
+                "{} does not exist yet: give --base to compute the base's log-probabilities",
+                c.display()
+            ),
+            None => "--base MODEL (or --base-cache with an existing file) is required".into(),
+        }));
+    }
     let text = super::read_text(&args.file)?;
     let (path, file) = super::open_gguf(args.model.as_deref())?;
     let tok = super::load_tokenizer(&path, &file)?;
@@ -91,8 +101,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bos: if tok.add_bos() { tok.bos() } else { None },
         cache_type: args.cache.cache_type,
     };
-    let (n_chunks, n_ctx) =
-        kld_windows(&tokens, tok.n_vocab(), &opts).map_err(|e| usage(e.to_string()))?;
+    let (n_chunks, n_ctx) = kld_windows(&tokens, tok.n_vocab(), &opts)?;
     let show = !args.global.quiet && !args.global.json;
     let progress = |p: &KldProgress| {
         if show {
@@ -107,7 +116,6 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             );
         }
     };
-    let existing = args.base_cache.as_ref().filter(|c| c.exists());
     let (r, base_shown, cache_state): (KldResult, String, Option<&str>) =
         match (existing, &args.base) {
             (Some(cache), base) => {
@@ -172,17 +180,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     }
                 }
             }
-            (None, None) => {
-                return Err(usage(match &args.base_cache {
-                    Some(c) => format!(
-                    "{} does not exist yet: give --base to compute the base's log-probabilities",
-                    c.display()
-                ),
-                    None => {
-                        "--base MODEL (or --base-cache with an existing file) is required".into()
-                    }
-                }))
-            }
+            (None, None) => return Err(usage("--base MODEL is required")),
         };
     let mut out = std::io::stdout().lock();
     if args.global.json {
