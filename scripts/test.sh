@@ -61,6 +61,13 @@ else
 fi
 echo "== Python virtualenv with the openai client (server tests; cached in ~/.cache/edgelm-venv)"
 bash scripts/py-venv.sh >/dev/null || echo "warning: no Python virtualenv; the openai-client server test will skip"
+echo "== a TrueType font for compress-report's PNG charts (fonts-dejavu-core, with apt)"
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && command -v apt-get >/dev/null 2>&1; then
+  sudo_cmd=""; if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo -n"; fi
+  { $sudo_cmd apt-get update -qq && $sudo_cmd env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq fonts-dejavu-core; } >/dev/null 2>&1 \
+    || echo "warning: fonts-dejavu-core not installed; the chart checks will skip"
+fi
 echo "== cargo test"
 cargo test --workspace --release --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/edgelm-test.log"
 echo "== C API example (gcc, real model, valgrind)"

@@ -252,7 +252,8 @@ impl From<RuntimeError> for Failure {
             | RuntimeError::InvalidOption { .. }
             | RuntimeError::EmptyPrompt
             | RuntimeError::TokenOutOfRange { .. }
-            | RuntimeError::NotEnoughTokens { .. } => EDGELM_ERR_INVALID_ARGUMENT,
+            | RuntimeError::NotEnoughTokens { .. }
+            | RuntimeError::BaseFile { .. } => EDGELM_ERR_INVALID_ARGUMENT,
             RuntimeError::ContextLength { .. } => EDGELM_ERR_CONTEXT_LENGTH,
             RuntimeError::Open { .. } | RuntimeError::Load { .. } => EDGELM_ERR_MODEL_LOAD,
             RuntimeError::Tokenizer { .. } => EDGELM_ERR_TOKENIZE,

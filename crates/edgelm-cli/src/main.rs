@@ -54,6 +54,8 @@ enum Command {
     Distill(cmd::distill::DistillArgs),
     /// Draw the loss curves of a `--json` training log as a PNG.
     ReportTrain(cmd::report_train::ReportTrainArgs),
+    /// Sweep quantization types and methods: size, PPL, KLD against the base, vs llama.cpp.
+    CompressReport(cmd::compress_report::CompressReportArgs),
 }
 
 impl Command {
@@ -74,6 +76,7 @@ impl Command {
             Command::Imatrix(a) => &a.global,
             Command::Distill(a) => &a.global,
             Command::ReportTrain(a) => &a.global,
+            Command::CompressReport(a) => &a.global,
         }
     }
 }
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Imatrix(a) => cmd::imatrix::run(a),
         Command::Distill(a) => cmd::distill::run(a),
         Command::ReportTrain(a) => cmd::report_train::run(a),
+        Command::CompressReport(a) => cmd::compress_report::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

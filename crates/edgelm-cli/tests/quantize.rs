@@ -382,7 +382,7 @@ fn eval_bad_input_fails_clearly() {
     assert!(stderr(&o).contains("token"), "{}", stderr(&o));
 }
 
-/// A model against itself diverges by exactly 0 and always agrees; against its F32 dump (the
+/// A model against itself diverges by ~0 (the base's 16-bit encoding) and agrees; against its F32 dump (the
 /// same weights, so the same logits up to activation rounding) KLD is tiny; a Q2_K model
 /// diverges more than a Q8_0 one.
 #[test]
@@ -410,10 +410,12 @@ fn eval_real_model() {
         serde_json::from_str(stdout(&o).trim()).unwrap()
     };
     let j = eval(&model, &model);
-    assert_eq!(j["kld_mean"].as_f64().unwrap(), 0.0);
-    assert_eq!(j["kld_max"].as_f64().unwrap(), 0.0);
-    assert_eq!(j["same_top"].as_f64().unwrap(), 1.0);
-    assert_eq!(j["ppl"], j["ppl_base"]);
+    // Only the base's 16-bit log-probabilities (llama.cpp's encoding) separate them.
+    assert!(j["kld_mean"].as_f64().unwrap().abs() < 1e-4, "{j}");
+    assert!(j["kld_max"].as_f64().unwrap().abs() < 1e-3, "{j}");
+    assert!(j["same_top"].as_f64().unwrap() >= 0.99, "{j}");
+    let (p, pb) = (j["ppl"].as_f64().unwrap(), j["ppl_base"].as_f64().unwrap());
+    assert!((p / pb - 1.0).abs() < 1e-3, "{j}");
     assert_eq!(j["n_tokens_scored"], 2 * 63);
     let f32_path = tmp.path().join("f32.gguf");
     let o = run(&["quantize", s(&model), s(&f32_path), "--type", "F32", "-q"]);

@@ -116,4 +116,12 @@ pub enum RuntimeError {
         #[source]
         source: edgelm_kernels::KernelError,
     },
+    /// A KL-divergence base file is unreadable, malformed or made for another run.
+    #[error("KL-divergence base file {path}: {reason}")]
+    BaseFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }

@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod generate;
 mod kld;
+pub mod kld_base;
 mod llm;
 pub mod mem;
 mod perplexity;
@@ -24,7 +25,12 @@ pub use error::RuntimeError;
 pub use generate::{
     ContextOverflow, FinishReason, GenerateOptions, GenerationEvent, GenerationResult, Timings,
 };
-pub use kld::{kl_divergence, kl_divergence_with, KldProgress, KldResult, MeanUnc};
+pub use kld::{
+    base_row_len, encode_base_row, kl_divergence, kl_divergence_from, kl_divergence_rows,
+    kl_divergence_with, kld_engine, kld_windows, BaseRows, KldProgress, KldResult, LiveBase,
+    MeanUnc, RowSink,
+};
+pub use kld_base::{KldBaseInfo, KldBaseReader, KldBaseWriter};
 pub use llm::{
     default_model_path, default_models_dir, Chat, ChatOptions, Llm, LoadOptions, DEFAULT_MODEL_FILE,
 };

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod distill;
+pub mod compress_report;
 pub mod eval;
 pub mod fetch;
 pub mod finetune;
