@@ -2,8 +2,8 @@
 
 pub mod bench;
 pub mod chat;
-pub mod distill;
 pub mod compress_report;
+pub mod distill;
 pub mod eval;
 pub mod fetch;
 pub mod finetune;

@@ -7,7 +7,8 @@
 //! to each other.
 
 use crate::quant::{
-    scale_min_k4, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1,
 };
 
 fn f16(b: [u8; 2]) -> f32 {
@@ -43,6 +44,25 @@ fn i8w(xq: &[[i32; 32]], xd: &[f32], y: &[BlockQ8_0]) -> f32 {
 /// Q8_0 × Q8_0.
 pub(crate) fn q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     let xq: Vec<[i32; 32]> = x.iter().map(|b| b.qs.map(|q| q as i32)).collect();
+    let xd: Vec<f32> = x.iter().map(|b| f16(b.d)).collect();
+    i8w(&xq, &xd, y)
+}
+
+/// Q4_0 × Q8_0.
+pub(crate) fn q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let xq: Vec<[i32; 32]> = x
+        .iter()
+        .map(|b| {
+            std::array::from_fn(|e| {
+                let nib = if e < 16 {
+                    b.qs[e] & 0xF
+                } else {
+                    b.qs[e - 16] >> 4
+                };
+                nib as i32 - 8
+            })
+        })
+        .collect();
     let xd: Vec<f32> = x.iter().map(|b| f16(b.d)).collect();
     i8w(&xq, &xd, y)
 }
@@ -227,6 +247,7 @@ mod tests {
         for case in 0..60usize {
             for ty in [
                 GgmlType::Q8_0,
+                GgmlType::Q4_0,
                 GgmlType::Q5_0,
                 GgmlType::Q4_1,
                 GgmlType::Q4_K,
@@ -238,6 +259,7 @@ mod tests {
                 let a = activations(act_ty, n, &mut s);
                 let model = match ty {
                     GgmlType::Q8_0 => super::q8_0(blocks(&w), blocks(&a)),
+                    GgmlType::Q4_0 => super::q4_0(blocks(&w), blocks(&a)),
                     GgmlType::Q5_0 => super::q5_0(blocks(&w), blocks(&a)),
                     GgmlType::Q4_1 => super::q4_1(blocks(&w), blocks(&a)),
                     GgmlType::Q4_K => super::q4_k(blocks(&w), blocks(&a)),

@@ -12,7 +12,8 @@ use half::f16;
 
 use crate::dispatch::Kernels;
 use crate::quant::{
-    blocks, blocks_mut, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    blocks, blocks_mut, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1,
 };
 use crate::GgmlType;
 
@@ -44,6 +45,12 @@ pub(crate) fn install(k: &mut Kernels) {
                 row.vec_dot2x4 = Some(vec_dot2x4_q4_1_q8_1);
                 row.vec_dot_pre = Some(vec_dot_pre_q4_1);
                 row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q4_1);
+            }
+            GgmlType::Q4_0 => {
+                row.vec_dot = Some(vec_dot_q4_0_q8_0);
+                row.vec_dot2x4 = Some(vec_dot2x4_q4_0_q8_0);
+                row.vec_dot_pre = Some(vec_dot_pre_q4_0);
+                row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q4_0);
             }
             GgmlType::Q5_0 => {
                 row.vec_dot = Some(vec_dot_q5_0_q8_0);
@@ -99,6 +106,13 @@ pub(crate) fn install(k: &mut Kernels) {
                     row.vec_dot4x4 = Some(vec_dot4x4_q8_0_q8_0_vnni);
                     row.vec_dot_pre = Some(vec_dot_pre_q8_0_vnni);
                     row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q8_0_vnni);
+                }
+                GgmlType::Q4_0 => {
+                    row.vec_dot2x4 = Some(vec_dot2x4_q4_0_q8_0_vnni);
+                    row.vec_dot4x4 = Some(vec_dot4x4_q4_0_q8_0_vnni);
+                    row.to_q8_0 = Some(q4_0_to_q8_0_avx2);
+                    row.vec_dot_pre = Some(vec_dot_pre_q4_0_vnni);
+                    row.vec_dot_pre_rows = Some(vec_dot_pre_rows_q4_0_vnni);
                 }
                 GgmlType::Q5_0 => {
                     row.vec_dot2x4 = Some(vec_dot2x4_q5_0_q8_0_vnni);
@@ -726,6 +740,54 @@ i8w_pre_entry!(
     "avx2,fma,f16c,avx512vnni,avx512vl"
 );
 
+i8w_pre_entry!(
+    vec_dot_pre_q4_0,
+    q4_0_pre_avx2,
+    vec_dot_pre_rows_q4_0,
+    q4_0_pre_rows_avx2,
+    BlockQ4_0,
+    unpack_q4_0,
+    mul_sum_us8_pairs_float,
+    "avx2,fma,f16c"
+);
+i8w_pre_entry!(
+    vec_dot_pre_q4_0_vnni,
+    q4_0_pre_vnni,
+    vec_dot_pre_rows_q4_0_vnni,
+    q4_0_pre_rows_vnni,
+    BlockQ4_0,
+    unpack_q4_0,
+    mul_sum_us8_pairs_float_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl"
+);
+
+/// Table entry: Q4_0 × Q8_0 as ggml's AVX2 kernel computes it (nibbles − 8 as signed bytes,
+/// `d = d_w · d_a` per block, one FMA per block into 8 lanes, `hsum_float_8`); AVX2, FMA and
+/// F16C detected by `install`.
+fn vec_dot_q4_0_q8_0(_n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y): (&[BlockQ4_0], &[BlockQ8_0]) = (blocks(w), blocks(a));
+    assert_eq!(x.len(), y.len(), "vec_dot_q4_0_q8_0: block counts differ");
+    // SAFETY: `install` put this function in the table only after detecting AVX2/FMA/F16C.
+    unsafe { q4_0_q8_0_avx2(x, y) }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_q8_0_avx2(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (xb, yb) in x.iter().zip(y) {
+        let (qx, dx) = unpack_q4_0(xb);
+        let d = _mm256_set1_ps(dx * f16c(yb.d));
+        // SAFETY: `qs` is 32 bytes, exactly one unaligned 256-bit load.
+        let qy = unsafe { _mm256_loadu_si256(yb.qs.as_ptr().cast()) };
+        let ax = _mm256_sign_epi8(qx, qx);
+        let sy = _mm256_sign_epi8(qy, qx);
+        acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(ax, sy), acc);
+    }
+    hsum_float_8(acc)
+}
+
 /// Q4_1 × Q8_1 body, parameterised by the lane-sum function. The two f16 fields of each block
 /// (`d`, `m` of the weight; `d`, `s` of the activation) are adjacent, so one conversion turns
 /// each pair into two f32 lanes; lane 0 gives `d_w · d_a`, and a 4-lane FMA keeps ggml's scalar
@@ -1000,6 +1062,26 @@ fn unpack_q8_0(b: &BlockQ8_0) -> (__m256i, f32) {
     )
 }
 
+/// A Q4_0 weight block as signed bytes (nibble − 8, in -8..7) and its scale, as ggml's AVX2
+/// kernel builds it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_q4_0(b: &BlockQ4_0) -> (__m256i, f32) {
+    let (q, d) = unpack_q4_0_bits(b);
+    (q, f16c(d.to_le_bytes()))
+}
+
+/// A Q4_0 weight block as signed bytes and its raw F16 scale.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_q4_0_bits(b: &BlockQ4_0) -> (__m256i, u16) {
+    let qx = kquants::bytes_from_nibbles_32(&b.qs);
+    (
+        _mm256_sub_epi8(qx, _mm256_set1_epi8(8)),
+        u16::from_le_bytes(b.d),
+    )
+}
+
 /// A Q5_0 weight block as signed bytes (-16..15) and its scale, as ggml's AVX2 kernel builds it.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1081,6 +1163,22 @@ i8w_2x4_entry!(
     q8_0_2x4_vnni,
     BlockQ8_0,
     unpack_q8_0,
+    mul_sum_us8_pairs_float_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl"
+);
+i8w_2x4_entry!(
+    vec_dot2x4_q4_0_q8_0,
+    q4_0_2x4_avx2,
+    BlockQ4_0,
+    unpack_q4_0,
+    mul_sum_us8_pairs_float,
+    "avx2,fma,f16c"
+);
+i8w_2x4_entry!(
+    vec_dot2x4_q4_0_q8_0_vnni,
+    q4_0_2x4_vnni,
+    BlockQ4_0,
+    unpack_q4_0,
     mul_sum_us8_pairs_float_vnni,
     "avx2,fma,f16c,avx512vnni,avx512vl"
 );
@@ -1265,6 +1363,12 @@ i8w_4x4_entry!(
     unpack_q8_0_bits
 );
 i8w_4x4_entry!(
+    vec_dot4x4_q4_0_q8_0_vnni,
+    q4_0_4x4_vnni,
+    BlockQ4_0,
+    unpack_q4_0_bits
+);
+i8w_4x4_entry!(
     vec_dot4x4_q5_0_q8_0_vnni,
     q5_0_4x4_vnni,
     BlockQ5_0,
@@ -1283,6 +1387,27 @@ fn rope_fma(x: &mut [f32], cache: &[f32], mode: crate::ops::RopeMode) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rope_fma_inner(x: &mut [f32], cache: &[f32], mode: crate::ops::RopeMode) {
     crate::ops::rope_forward(x, cache, mode)
+}
+
+/// Table entry: a Q4_0 row rewritten as Q8_0 blocks (nibble − 8 as signed bytes, the same
+/// scale), so that prompt batches run Q8_0's 4 × 4 tile (AVX2 detected by `install`).
+fn q4_0_to_q8_0_avx2(src: &[u8], dst: &mut [u8]) {
+    let (x, y): (&[BlockQ4_0], &mut [BlockQ8_0]) = (blocks(src), blocks_mut(dst));
+    assert_eq!(x.len(), y.len(), "to_q8_0: block counts differ");
+    // SAFETY: `install` put this function in the table only after detecting AVX2/FMA/F16C.
+    unsafe { q4_0_to_q8_0_inner(x, y) }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_to_q8_0_inner(x: &[BlockQ4_0], y: &mut [BlockQ8_0]) {
+    for (b, o) in x.iter().zip(y.iter_mut()) {
+        let (q, d) = unpack_q4_0_bits(b);
+        o.d = d.to_le_bytes();
+        // SAFETY: `qs` is 32 bytes: one unaligned 256-bit store.
+        unsafe { _mm256_storeu_si256(o.qs.as_mut_ptr().cast(), q) };
+    }
 }
 
 /// Table entry: a Q5_0 row rewritten as Q8_0 blocks (the unpacked signed bytes and the same
