@@ -199,6 +199,7 @@ fn bad_students_and_flags_are_refused_clearly() {
         &["--keep-layers", "2", "--alpha", "1.5"],
         &["--keep-layers", "2", "--temperature", "0"],
         &["--keep-layers", "2", "--loss", "kld"],
+        &["--student", tiny_s, "--student-ff", "8"],
     ] {
         let o = distill(&tiny, &data, &out, extra);
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
@@ -215,4 +216,79 @@ fn bad_students_and_flags_are_refused_clearly() {
     let o = distill(&model, &data, &out, &["--keep-layers", "31"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("30"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_narrower_student_is_built_trained_and_exported_with_its_widths() {
+    let Some(model) = real_model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("text.txt");
+    std::fs::write(&data, TEXT).unwrap();
+    let out = dir.path().join("narrow");
+    // 4 of 30 blocks, 384 of 576 channels, 6/2 of 9/3 heads (D = 64 stays), FFN 1024.
+    let o = distill(
+        &model,
+        &data,
+        &out,
+        &[
+            "--keep-layers",
+            "4",
+            "--student-embd",
+            "384",
+            "--student-heads",
+            "6",
+            "--student-kv-heads",
+            "2",
+            "--student-ff",
+            "1024",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = &events(&o, "student")[0];
+    assert_eq!(
+        (
+            &s["n_layer"],
+            &s["n_embd"],
+            &s["n_head"],
+            &s["n_head_kv"],
+            &s["n_ff"]
+        ),
+        (&4.into(), &384.into(), &6.into(), &2.into(), &1024.into())
+    );
+    let steps = events(&o, "step");
+    assert_eq!(steps.len(), 2);
+    assert!(steps
+        .iter()
+        .all(|e| e["loss"].as_f64().unwrap().is_finite()));
+    let f = GgufFile::open(out.join("student.gguf")).unwrap();
+    let cfg = edgelm_model::ModelConfig::from_gguf(&f).unwrap();
+    assert_eq!(
+        (
+            cfg.n_layer,
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.n_head_kv,
+            cfg.n_ff,
+            cfg.head_dim
+        ),
+        (4, 384, 6, 2, 1024, 64)
+    );
+    // The exported student runs.
+    let o = edgelm()
+        .args(["run", "-p", "Hello", "-n", "4", "--temp", "0", "-m"])
+        .arg(out.join("student.gguf"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Widths the teacher cannot give are usage errors.
+    for extra in [
+        &["--keep-layers", "2", "--student-heads", "7"][..],
+        &["--keep-layers", "2", "--student-embd", "600"],
+        &["--student-heads", "6", "--student-kv-heads", "1"],
+    ] {
+        let o = distill(&model, &data, &out, extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
 }

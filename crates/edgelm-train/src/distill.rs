@@ -16,7 +16,10 @@ pub mod teacher;
 use rayon::prelude::*;
 
 pub use loss::{divergence_row, Divergence, TeacherRow};
-pub use student::{pick_layers, student_from_layers, LayerPick};
+pub use student::{
+    pick_layers, pick_width, student_from_layers, student_from_width, BlockKeep, LayerPick,
+    WidthKeep, WidthPick, Widths,
+};
 pub use teacher::{CacheHeader, Teacher, TeacherCache, WindowTargets};
 
 use crate::train::ExtraLoss;

@@ -43,6 +43,26 @@ impl TrainModel {
             format!("{}.block_count", self.config().arch.name()),
             Value::U32(n_layer as u32),
         )?;
+        // A narrower student: its widths replace the source's where they differ (the head
+        // dimension is written out when it no longer follows from width / heads).
+        let cfg = self.config();
+        let arch = cfg.arch.name();
+        let src_u64 = |k: &str| src.metadata().get_u64(&format!("{arch}.{k}")).ok();
+        let mut widths = vec![
+            ("embedding_length", cfg.n_embd),
+            ("attention.head_count", cfg.n_head),
+            ("attention.head_count_kv", cfg.n_head_kv),
+            ("feed_forward_length", cfg.n_ff),
+        ];
+        if cfg.n_embd != cfg.n_head * cfg.head_dim {
+            widths.push(("attention.key_length", cfg.head_dim));
+            widths.push(("attention.value_length", cfg.head_dim));
+        }
+        for (k, v) in widths {
+            if src_u64(k) != Some(v as u64) {
+                w.set_metadata(format!("{arch}.{k}"), Value::U32(v as u32))?;
+            }
+        }
         let beyond = |name: &str| {
             name.strip_prefix("blk.")
                 .and_then(|r| r.split_once('.'))

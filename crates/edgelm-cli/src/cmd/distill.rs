@@ -2,7 +2,10 @@
 //! f32 on the CPU (edgelm-train). The student is an existing GGUF (`--student S.gguf`), or
 //! made of some of the teacher's blocks: `--student-layers 0,2,4`, `--keep-layers N`
 //! (`--layer-pick even|ends`), or `--student CONFIG.json` (a config that differs from the
-//! teacher's in its block count only). The teacher runs on the inference engine as it is
+//! teacher's in its block count and widths only); a student built from the teacher may also
+//! be narrower: `--student-embd C --student-heads H --student-kv-heads KV --student-ff F`
+//! keep that many of the teacher's residual channels, whole heads and FFN neurons
+//! (`--width-pick magnitude|first`, edgelm_train::distill::student). The teacher runs on the inference engine as it is
 //! stored (quantized) and gives, per position, its top `--top-k` tokens and the mass of the
 //! rest at `--temperature`; `--teacher-cache FILE` keeps them on disk for later students.
 //!
@@ -17,7 +20,8 @@
 //!
 //! `--json`: JSON Lines on stdout:
 //! - `{"event":"data","tokens","train_windows","eval_windows"}`
-//! - `{"event":"student","layers","n_layer","n_params"}` (`layers`: teacher blocks, or null)
+//! - `{"event":"student","layers","n_layer","n_embd","n_head","n_head_kv","n_ff","n_params"}`
+//!   (`layers`: teacher blocks, or null)
 //! - `{"event":"step","step","loss","div","lr","grad_norm","tokens","tokens_per_s","teacher_computed","teacher_reused"}`
 //!   (`loss`: the whole objective; `div`: the raw divergence D, mean over the step)
 //! - `{"event":"eval","step","loss","ppl"}` (data cross-entropy of the held-out windows)
@@ -33,8 +37,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use edgelm_gguf::GgufFile;
 use edgelm_train::distill::{
-    pick_layers, student_from_layers, teacher, CacheHeader, DistillLoss, DistillOptions,
-    Divergence, LayerPick, Teacher, TeacherCache, TeacherSource,
+    pick_layers, pick_width, student_from_layers, student_from_width, teacher, CacheHeader,
+    DistillLoss, DistillOptions, Divergence, LayerPick, Teacher, TeacherCache, TeacherSource,
+    WidthPick, Widths,
 };
 use edgelm_train::optim::{AdamWConfig, Schedule};
 use edgelm_train::train::{Dataset, TrainOptions, Trainer};
@@ -63,6 +68,22 @@ pub struct DistillArgs {
     /// last included) or ends (the first and the last halves).
     #[arg(long, default_value = "even", value_parser = ["even", "ends"])]
     pub layer_pick: String,
+    /// A narrower student: residual width (channels kept of the teacher's, see --width-pick).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub student_embd: Option<u32>,
+    /// A narrower student: query heads (whole heads of the teacher's head dimension).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub student_heads: Option<u32>,
+    /// A narrower student: key/value heads.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub student_kv_heads: Option<u32>,
+    /// A narrower student: feed-forward width.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub student_ff: Option<u32>,
+    /// Which channels, heads and FFN neurons a narrower student keeps: magnitude (the
+    /// strongest by weight norms: structured magnitude pruning) or first (truncation).
+    #[arg(long, default_value = "magnitude", value_parser = ["magnitude", "first"])]
+    pub width_pick: String,
     /// Training text (repeatable).
     #[arg(long, required = true)]
     pub data: Vec<PathBuf>,
@@ -183,13 +204,30 @@ fn check(args: &DistillArgs) -> Result<()> {
     let n_sources = usize::from(args.student.is_some())
         + usize::from(args.student_layers.is_some())
         + usize::from(args.keep_layers.is_some());
-    if n_sources != 1 {
+    if n_sources > 1 || (n_sources == 0 && !has_width_flags(args)) {
         return Err(usage(
             "name the student once: --student FILE.gguf|CONFIG.json, --student-layers LIST or \
-             --keep-layers N",
+             --keep-layers N (or only narrower widths: --student-embd/-heads/-kv-heads/-ff)",
+        ));
+    }
+    let is_gguf = args.student.as_ref().is_some_and(|p| {
+        !p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    });
+    if is_gguf && has_width_flags(args) {
+        return Err(usage(
+            "--student-embd/-heads/-kv-heads/-ff shape a student built from the teacher; they \
+             do not apply to an existing student GGUF",
         ));
     }
     Ok(())
+}
+
+fn has_width_flags(args: &DistillArgs) -> bool {
+    args.student_embd.is_some()
+        || args.student_heads.is_some()
+        || args.student_kv_heads.is_some()
+        || args.student_ff.is_some()
 }
 
 /// The student and the GGUF its export copies metadata from.
@@ -206,27 +244,47 @@ fn build_student(args: &DistillArgs, teacher_file: &Arc<GgufFile>) -> Result<Stu
     } else {
         LayerPick::Even
     };
-    let from_teacher = |layers: Vec<usize>| -> Result<Student> {
+    let width_pick = if args.width_pick == "first" {
+        WidthPick::First
+    } else {
+        WidthPick::Magnitude
+    };
+    let tcfg =
+        edgelm_model::ModelConfig::from_gguf(teacher_file).context("the teacher's config")?;
+    let n_teacher = tcfg.n_layer;
+    // The widths from the flags, each defaulting to the teacher's.
+    let flag_widths = Widths {
+        n_embd: args.student_embd.map_or(tcfg.n_embd, |v| v as usize),
+        n_head: args.student_heads.map_or(tcfg.n_head, |v| v as usize),
+        n_head_kv: args.student_kv_heads.map_or(tcfg.n_head_kv, |v| v as usize),
+        n_ff: args.student_ff.map_or(tcfg.n_ff, |v| v as usize),
+    };
+    let from_teacher = |layers: Vec<usize>, widths: Widths| -> Result<Student> {
         let t = TrainModel::from_gguf(teacher_file)
             .context("cannot load the teacher's weights to build the student")?;
-        let model = student_from_layers(&t, &layers).context("cannot build the student")?;
+        let mut model = student_from_layers(&t, &layers).context("cannot build the student")?;
+        drop(t);
+        if widths != Widths::of(model.config()) {
+            let keep = pick_width(&model, widths, width_pick).map_err(|e| usage(e.to_string()))?;
+            model = student_from_width(&model, &keep).context("cannot build the student")?;
+        }
         Ok(Student {
             model,
             layers: Some(layers),
             src: Arc::clone(teacher_file),
         })
     };
-    let n_teacher = edgelm_model::ModelConfig::from_gguf(teacher_file)
-        .context("the teacher's config")?
-        .n_layer;
     if let Some(layers) = &args.student_layers {
-        return from_teacher(layers.clone());
+        return from_teacher(layers.clone(), flag_widths);
     }
     if let Some(n) = args.keep_layers {
         let layers = pick_layers(n_teacher, n as usize, pick).map_err(|e| usage(e.to_string()))?;
-        return from_teacher(layers);
+        return from_teacher(layers, flag_widths);
     }
-    let path = args.student.as_ref().expect("checked: one student source");
+    let Some(path) = args.student.as_ref() else {
+        // Only narrower widths: every block.
+        return from_teacher((0..n_teacher).collect(), flag_widths);
+    };
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -236,18 +294,27 @@ fn build_student(args: &DistillArgs, teacher_file: &Arc<GgufFile>) -> Result<Stu
         let cf: ConfigFile = serde_json::from_str(&text)
             .with_context(|| format!("bad student config {}", path.display()))?;
         let cfg = cf.to_model_config()?;
-        let tcfg = edgelm_model::ModelConfig::from_gguf(teacher_file)?;
         let mut same = tcfg.clone();
         same.n_layer = cfg.n_layer;
+        same.n_embd = cfg.n_embd;
+        same.n_head = cfg.n_head;
+        same.n_head_kv = cfg.n_head_kv;
+        same.n_ff = cfg.n_ff;
         if ConfigFile::from_model_config(&same) != ConfigFile::from_model_config(&cfg) {
             bail!(
-                "{}: a student config may differ from the teacher's only in n_layer \
-                 (blocks are copied from the teacher; narrower widths are not supported)",
+                "{}: a student config may differ from the teacher's only in n_layer, n_embd, \
+                 n_head, n_head_kv and n_ff (its weights are the teacher's; head_dim, the \
+                 vocabulary and the rest stay)",
                 path.display()
             );
         }
+        if has_width_flags(args) {
+            return Err(usage(
+                "give the widths either in the student config or as --student-* flags",
+            ));
+        }
         let layers = pick_layers(n_teacher, cfg.n_layer, pick).map_err(|e| usage(e.to_string()))?;
-        return from_teacher(layers);
+        return from_teacher(layers, Widths::of(&cfg));
     }
     let (spath, sfile) = super::open_gguf(Some(path))?;
     let model = TrainModel::from_gguf(&sfile)
@@ -339,13 +406,20 @@ pub fn run(args: &DistillArgs) -> Result<()> {
         json!({"event": "data", "tokens": stream.len(), "train_windows": train_data.len(),
                 "eval_windows": eval_data.len()}),
     )?;
+    let sc = student.model.config();
     emit(json!({"event": "student", "layers": student.layers,
-                "n_layer": student.model.config().n_layer,
+                "n_layer": sc.n_layer, "n_embd": sc.n_embd, "n_head": sc.n_head,
+                "n_head_kv": sc.n_head_kv, "n_ff": sc.n_ff,
                 "n_params": student.model.layout().n_params()}))?;
     if !json && !args.global.quiet {
         eprintln!(
-            "distill: student of {} blocks{} ({} parameters), {} training windows of {seq_len}",
-            student.model.config().n_layer,
+            "distill: student of {} blocks, width {}, {}/{} heads, FFN {}{} ({} parameters), \
+             {} training windows of {seq_len}",
+            sc.n_layer,
+            sc.n_embd,
+            sc.n_head,
+            sc.n_head_kv,
+            sc.n_ff,
             student
                 .layers
                 .as_ref()

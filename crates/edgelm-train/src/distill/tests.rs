@@ -482,3 +482,234 @@ fn bad_options_are_refused() {
     assert_eq!(Divergence::from_name("rkl"), Some(Divergence::ReverseKl));
     assert_eq!(Divergence::from_name("kld"), None);
 }
+
+/// Logits of `m` on `tokens` (one sequence), from the training forward.
+fn train_logits(m: &TrainModel, tokens: &[u32]) -> Vec<f32> {
+    let mut ws = Workspace::new(m, 1, tokens.len()).unwrap();
+    forward(m, &mut ws, tokens, &vec![0u32; tokens.len()]).unwrap();
+    ws.logits().unwrap().to_vec()
+}
+
+#[test]
+fn a_student_that_keeps_every_width_is_the_teacher() {
+    let t = random_model(2, 23, 5);
+    for pick in [WidthPick::First, WidthPick::Magnitude] {
+        let keep = pick_width(&t, Widths::of(t.config()), pick).unwrap();
+        let s = student_from_width(&t, &keep).unwrap();
+        assert_eq!(s.config(), t.config());
+        assert_eq!(s.params, t.params, "{pick:?}");
+    }
+}
+
+#[test]
+fn dropping_heads_and_neurons_equals_zeroing_their_outputs() {
+    // Teacher: 4 query heads over 2 key/value heads (D = 8), FFN 48. The student keeps one
+    // key/value head with one of its query heads and 20 neurons per block, all channels.
+    let t = random_model(2, 23, 7);
+    let w = Widths {
+        n_embd: 32,
+        n_head: 1,
+        n_head_kv: 1,
+        n_ff: 20,
+    };
+    for pick in [WidthPick::First, WidthPick::Magnitude] {
+        let keep = pick_width(&t, w, pick).unwrap();
+        let s = student_from_width(&t, &keep).unwrap();
+        assert_eq!(
+            (s.config().n_head, s.config().n_head_kv, s.config().n_ff),
+            (1, 1, 20)
+        );
+        // The teacher with the dropped query heads' W_o columns and the dropped neurons'
+        // down columns zeroed computes the same function.
+        let mut z = t.clone();
+        for (il, b) in keep.blocks.iter().enumerate() {
+            let spec = z
+                .layout()
+                .get(&format!("blk.{il}.attn_output.weight"))
+                .unwrap()
+                .clone();
+            for (i, x) in z.params[spec.range()].iter_mut().enumerate() {
+                if !b.q_heads.contains(&((i % 32) / 8)) {
+                    *x = 0.0;
+                }
+            }
+            let spec = z
+                .layout()
+                .get(&format!("blk.{il}.ffn_down.weight"))
+                .unwrap()
+                .clone();
+            for (i, x) in z.params[spec.range()].iter_mut().enumerate() {
+                if !b.ff.contains(&(i % 48)) {
+                    *x = 0.0;
+                }
+            }
+            assert_eq!(b.q_heads[0] / 2, b.kv_heads[0], "query head in its group");
+        }
+        let tokens = [1u32, 5, 9, 2, 22, 7, 7, 3];
+        let (a, b) = (train_logits(&s, &tokens), train_logits(&z, &tokens));
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-4, "{pick:?}: max |Δlogit| {max}");
+        assert!(
+            train_logits(&t, &tokens) != a,
+            "the pruning changed the function"
+        );
+    }
+}
+
+#[test]
+fn magnitude_keeps_the_strongest_channels_heads_and_neurons() {
+    let mut t = random_model(1, 23, 9);
+    let zero = |t: &mut TrainModel, name: &str, keep: &dyn Fn(usize) -> bool| {
+        let spec = t.layout().get(name).unwrap().clone();
+        for (i, x) in t.params[spec.range()].iter_mut().enumerate() {
+            if !keep(i) {
+                *x = 0.0;
+            }
+        }
+    };
+    // Residual channel 5 receives nothing; query head 1 (of group 0) writes nothing through
+    // W_o; key/value head 0's values are tiny; neuron 3 has no down column.
+    zero(&mut t, "token_embd.weight", &|i| i % 32 != 5);
+    zero(&mut t, "blk.0.attn_output.weight", &|i| {
+        i / 32 != 5 && (i % 32) / 8 != 1
+    });
+    zero(&mut t, "blk.0.ffn_down.weight", &|i| {
+        i / 48 != 5 && i % 48 != 3
+    });
+    let spec = t.layout().get("blk.0.attn_v.weight").unwrap().clone();
+    for x in &mut t.params[spec.range()][..8 * 32] {
+        *x *= 1e-3;
+    }
+    let w = Widths {
+        n_embd: 31,
+        n_head: 1,
+        n_head_kv: 1,
+        n_ff: 47,
+    };
+    let keep = pick_width(&t, w, WidthPick::Magnitude).unwrap();
+    assert_eq!(keep.embd, (0..32).filter(|&i| i != 5).collect::<Vec<_>>());
+    assert_eq!(keep.blocks[0].kv_heads, [1]);
+    assert_eq!(
+        keep.blocks[0].ff,
+        (0..48).filter(|&i| i != 3).collect::<Vec<_>>()
+    );
+    let w2 = Widths {
+        n_head: 2,
+        n_head_kv: 2,
+        ..w
+    };
+    let keep2 = pick_width(&t, w2, WidthPick::Magnitude).unwrap();
+    assert_eq!(keep2.blocks[0].q_heads, [0, 2], "head 1 writes nothing");
+    let s = student_from_width(&t, &keep).unwrap();
+    // Gathered values: the embedding without column 5; the FFN-down matrix without row 5
+    // and column 3.
+    let (te, se) = (
+        t.tensor("token_embd.weight").unwrap(),
+        s.tensor("token_embd.weight").unwrap(),
+    );
+    assert_eq!(se.len(), 23 * 31);
+    assert_eq!(se[31 + 5], te[32 + 6]);
+    let (td, sd) = (
+        t.tensor("blk.0.ffn_down.weight").unwrap(),
+        s.tensor("blk.0.ffn_down.weight").unwrap(),
+    );
+    assert_eq!(sd[5 * 47 + 3], td[6 * 48 + 4]);
+    let (tq, sq) = (
+        t.tensor("blk.0.attn_k.weight").unwrap(),
+        s.tensor("blk.0.attn_k.weight").unwrap(),
+    );
+    assert_eq!(
+        sq[..31],
+        tq[8 * 32..8 * 32 + 31]
+            .iter()
+            .take(5)
+            .chain(&tq[8 * 32 + 6..9 * 32])
+            .copied()
+            .collect::<Vec<_>>()[..]
+    );
+}
+
+#[test]
+fn bad_widths_are_refused() {
+    let t = random_model(1, 23, 1);
+    let full = Widths::of(t.config());
+    for (w, key) in [
+        (Widths { n_embd: 0, ..full }, "n_embd"),
+        (Widths { n_embd: 33, ..full }, "n_embd"),
+        (Widths { n_ff: 49, ..full }, "n_ff"),
+        (Widths { n_head: 3, ..full }, "n_head"),
+        (
+            Widths {
+                n_head: 4,
+                n_head_kv: 1,
+                ..full
+            },
+            "n_head",
+        ),
+        (
+            Widths {
+                n_head_kv: 3,
+                ..full
+            },
+            "n_head_kv",
+        ),
+    ] {
+        let e = pick_width(&t, w, WidthPick::First)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains(key), "{w:?}: {e}");
+    }
+    let mut keep = pick_width(&t, Widths { n_ff: 10, ..full }, WidthPick::First).unwrap();
+    keep.blocks[0].ff[3] = 99;
+    assert!(student_from_width(&t, &keep).is_err());
+}
+
+#[test]
+fn a_narrower_exported_student_loads_and_matches_the_training_forward() {
+    let t = random_model(3, 23, 4);
+    let src = to_gguf(&t);
+    let base = student_from_layers(&t, &[0, 2]).unwrap();
+    // 24 channels with 2 heads of D = 8 (key_length written: 24 / 2 != 8), then 16 with 2.
+    for (n_embd, n_head) in [(24, 2), (16, 2)] {
+        let w = Widths {
+            n_embd,
+            n_head,
+            n_head_kv: 1,
+            n_ff: 40,
+        };
+        let keep = pick_width(&base, w, WidthPick::Magnitude).unwrap();
+        let s = student_from_width(&base, &keep).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.gguf");
+        s.write_gguf(&src, &p, crate::ExportType::F32).unwrap();
+        let f = Arc::new(GgufFile::open(&p).unwrap());
+        let cfg = ModelConfig::from_gguf(&f).unwrap();
+        assert_eq!(cfg, *s.config());
+        let back = TrainModel::from_gguf(&f).unwrap();
+        assert_eq!(back.params, s.params);
+        let tokens = [3u32, 1, 4, 1, 5, 9, 2, 6];
+        let want = train_logits(&s, &tokens);
+        let m = edgelm_model::Model::load(Arc::clone(&f)).unwrap();
+        let mut state = m.new_state(tokens.len(), tokens.len()).unwrap();
+        let pool = edgelm_kernels::ThreadPool::new(1).unwrap();
+        let got = m
+            .forward(&pool, &mut state, &tokens, edgelm_model::Logits::All)
+            .unwrap();
+        let max = want
+            .iter()
+            .zip(got)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        // The engine's KV cache is F16 (relative rounding 2^-11); a wrong head layout or
+        // width would move the logits by their own size.
+        let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+        assert!(
+            max < 1e-3 * scale.max(1.0),
+            "{n_embd}/{n_head}: max |Δlogit| {max} of logits up to {scale}"
+        );
+    }
+}
