@@ -217,7 +217,7 @@ fn check_widths(t: &edgelm_model::ModelConfig, w: Widths) -> Result<(), TrainErr
             ));
         }
     }
-    if w.n_head % w.n_head_kv != 0 {
+    if !w.n_head.is_multiple_of(w.n_head_kv) {
         return Err(bad(
             "n_head",
             format!(
