@@ -209,9 +209,6 @@ pub fn matmul_many(
 }
 
 /// The rows `rows` of one job, for every token.
-/// How many rows ahead the decode loops prefetch their weights (see [`crate::arch::prefetch`]).
-const PREFETCH_ROWS: usize = 4;
-
 fn run_rows(
     p: &Prepared<'_>,
     rows: std::ops::Range<usize>,
@@ -345,11 +342,7 @@ fn run_rows(
                     continue;
                 }
                 for r in r..rows.end {
-                    if let Some(ahead) =
-                        w.get((r + PREFETCH_ROWS) * w_row..(r + PREFETCH_ROWS + 1) * w_row)
-                    {
-                        crate::arch::prefetch(ahead);
-                    }
+                    crate::arch::prefetch_row_ahead(w, r, w_row);
                     let w_r = &w[r * w_row..(r + 1) * w_row];
                     put(t0, r, dot_pre(n_cols, w_r, a, scales));
                 }
@@ -359,11 +352,7 @@ fn run_rows(
         for r in r..rows.end {
             if t1 - t0 == 1 {
                 // Decode: each row is read once; ask for a later one meanwhile.
-                if let Some(ahead) =
-                    w.get((r + PREFETCH_ROWS) * w_row..(r + PREFETCH_ROWS + 1) * w_row)
-                {
-                    crate::arch::prefetch(ahead);
-                }
+                crate::arch::prefetch_row_ahead(w, r, w_row);
             }
             let w_r = &w[r * w_row..(r + 1) * w_row];
             let mut t = t0;

@@ -629,9 +629,6 @@ macro_rules! q8_0_q8_0_body {
     }};
 }
 
-/// How many rows ahead the decode kernels prefetch their weights.
-const PREFETCH_ROWS: usize = 4;
-
 /// Signed-byte weights (Q8_0, Q5_0) × Q8_0 with the activation's block scales given in f32
 /// (`ad[ib]` equals the block's f16 `d` converted): the same arithmetic as the single-row
 /// kernels, one conversion less per block.
@@ -677,9 +674,7 @@ macro_rules! i8w_pre_entry {
         unsafe fn $inner_rows(x: &[$wb], y: &[BlockQ8_0], ad: &[f32], out: &mut [f32]) {
             let n = y.len();
             for (r, (o, xr)) in out.iter_mut().zip(x.chunks_exact(n)).enumerate() {
-                if let Some(ahead) = x.get((r + PREFETCH_ROWS) * n..(r + PREFETCH_ROWS + 1) * n) {
-                    crate::arch::prefetch(ahead);
-                }
+                crate::arch::prefetch_row_ahead(x, r, n);
                 *o = i8w_pre_body!(xr, y, ad, $unpack, $mul_sum);
             }
         }
@@ -879,9 +874,7 @@ macro_rules! q4_1_pre_entry {
         unsafe fn $inner_rows(x: &[BlockQ4_1], y: &[BlockQ8_1], ads: &[f32], out: &mut [f32]) {
             let n = y.len();
             for (r, (o, xr)) in out.iter_mut().zip(x.chunks_exact(n)).enumerate() {
-                if let Some(ahead) = x.get((r + PREFETCH_ROWS) * n..(r + PREFETCH_ROWS + 1) * n) {
-                    crate::arch::prefetch(ahead);
-                }
+                crate::arch::prefetch_row_ahead(x, r, n);
                 *o = q4_1_q8_1_pre_body!(xr, y, ads, $mul_sum);
             }
         }
