@@ -5,8 +5,8 @@
 //! teacher's in its block count and widths only); a student built from the teacher may also
 //! be narrower: `--student-embd C --student-heads H --student-kv-heads KV --student-ff F`
 //! keep that many of the teacher's residual channels, whole heads and FFN neurons
-//! (`--width-pick magnitude|first`, edgelm_train::distill::student). The teacher runs on the inference engine as it is
-//! stored (quantized) and gives, per position, its top `--top-k` tokens and the mass of the
+//! (`--width-pick magnitude|first`, edgelm_train::distill::student). The teacher runs on the
+//! inference engine as it is stored (quantized) and gives, per position, its top `--top-k` tokens and the mass of the
 //! rest at `--temperature`; `--teacher-cache FILE` keeps them on disk for later students.
 //!
 //! Objective: `α · CE(data) + (1 − α) · τ² · D(teacher ‖ student)`, D = `--loss kl|rkl|jsd`
@@ -168,21 +168,13 @@ pub struct DistillArgs {
 }
 
 fn check(args: &DistillArgs) -> Result<()> {
-    let nonneg = |name: &str, v: f32| {
-        if v.is_finite() && v >= 0.0 {
-            Ok(())
-        } else {
-            Err(usage(format!(
-                "--{name} must be a finite number >= 0, not {v}"
-            )))
-        }
-    };
-    nonneg("lr", args.lr)?;
-    nonneg("weight-decay", args.weight_decay)?;
-    nonneg("clip", args.clip)?;
-    if let Some(m) = args.min_lr {
-        nonneg("min-lr", m)?;
-    }
+    super::finetune::check_loop_flags(
+        args.lr,
+        args.min_lr,
+        args.weight_decay,
+        args.clip,
+        args.eval_fraction,
+    )?;
     if !(args.temperature.is_finite() && args.temperature > 0.0) {
         return Err(usage(format!(
             "--temperature must be a positive number, not {}",
@@ -195,12 +187,6 @@ fn check(args: &DistillArgs) -> Result<()> {
             args.alpha
         )));
     }
-    if !(0.0..1.0).contains(&args.eval_fraction) {
-        return Err(usage(format!(
-            "--eval-fraction must be in [0, 1), not {}",
-            args.eval_fraction
-        )));
-    }
     let n_sources = usize::from(args.student.is_some())
         + usize::from(args.student_layers.is_some())
         + usize::from(args.keep_layers.is_some());
@@ -210,17 +196,21 @@ fn check(args: &DistillArgs) -> Result<()> {
              --keep-layers N (or only narrower widths: --student-embd/-heads/-kv-heads/-ff)",
         ));
     }
-    let is_gguf = args.student.as_ref().is_some_and(|p| {
-        !p.extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-    });
-    if is_gguf && has_width_flags(args) {
-        return Err(usage(
+    if let (Some(path), true) = (&args.student, has_width_flags(args)) {
+        return Err(usage(if is_config(path) {
+            "give the widths either in the student config or as --student-* flags"
+        } else {
             "--student-embd/-heads/-kv-heads/-ff shape a student built from the teacher; they \
-             do not apply to an existing student GGUF",
-        ));
+             do not apply to an existing student GGUF"
+        }));
     }
     Ok(())
+}
+
+/// True when `--student` names a JSON model config rather than a GGUF.
+fn is_config(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
 }
 
 fn has_width_flags(args: &DistillArgs) -> bool {
@@ -285,10 +275,7 @@ fn build_student(args: &DistillArgs, teacher_file: &Arc<GgufFile>) -> Result<Stu
         // Only narrower widths: every block.
         return from_teacher((0..n_teacher).collect(), flag_widths);
     };
-    let is_json = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    if is_json {
+    if is_config(path) {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the student config {}", path.display()))?;
         let cf: ConfigFile = serde_json::from_str(&text)
@@ -307,11 +294,6 @@ fn build_student(args: &DistillArgs, teacher_file: &Arc<GgufFile>) -> Result<Stu
                  vocabulary and the rest stay)",
                 path.display()
             );
-        }
-        if has_width_flags(args) {
-            return Err(usage(
-                "give the widths either in the student config or as --student-* flags",
-            ));
         }
         let layers = pick_layers(n_teacher, cfg.n_layer, pick).map_err(|e| usage(e.to_string()))?;
         return from_teacher(layers, Widths::of(&cfg));

@@ -122,7 +122,25 @@ pub struct FinetuneArgs {
 }
 
 fn check(args: &FinetuneArgs) -> Result<()> {
-    let positive = |name: &str, v: f32| {
+    check_loop_flags(
+        args.lr,
+        args.min_lr,
+        args.weight_decay,
+        args.clip,
+        args.eval_fraction,
+    )
+}
+
+/// The training-loop flags `edgelm finetune` and `edgelm distill` share: learning rates,
+/// weight decay and clipping finite and >= 0, the held-out fraction in [0, 1).
+pub(super) fn check_loop_flags(
+    lr: f32,
+    min_lr: Option<f32>,
+    weight_decay: f32,
+    clip: f32,
+    eval_fraction: f64,
+) -> Result<()> {
+    let nonneg = |name: &str, v: f32| {
         if v.is_finite() && v >= 0.0 {
             Ok(())
         } else {
@@ -131,16 +149,15 @@ fn check(args: &FinetuneArgs) -> Result<()> {
             )))
         }
     };
-    positive("lr", args.lr)?;
-    positive("weight-decay", args.weight_decay)?;
-    positive("clip", args.clip)?;
-    if let Some(m) = args.min_lr {
-        positive("min-lr", m)?;
+    nonneg("lr", lr)?;
+    nonneg("weight-decay", weight_decay)?;
+    nonneg("clip", clip)?;
+    if let Some(m) = min_lr {
+        nonneg("min-lr", m)?;
     }
-    if !(0.0..1.0).contains(&args.eval_fraction) {
+    if !(0.0..1.0).contains(&eval_fraction) {
         return Err(usage(format!(
-            "--eval-fraction must be in [0, 1), not {}",
-            args.eval_fraction
+            "--eval-fraction must be in [0, 1), not {eval_fraction}"
         )));
     }
     Ok(())

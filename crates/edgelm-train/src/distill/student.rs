@@ -39,6 +39,16 @@ pub fn pick_layers(
     })
 }
 
+/// The teacher's tensor `name`, or an error naming it.
+fn teacher_tensor<'a>(teacher: &'a TrainModel, name: &str) -> Result<&'a [f32], TrainError> {
+    teacher
+        .tensor(name)
+        .ok_or_else(|| TrainError::MissingTensor {
+            name: name.into(),
+            file: "the teacher".into(),
+        })
+}
+
 /// A student made of the teacher's blocks `layers` (strictly increasing, each below the
 /// teacher's block count): student block `i` is a copy of teacher block `layers[i]`; the
 /// embedding, final norm and output matrix are copied.
@@ -83,12 +93,7 @@ pub fn student_from_layers(
             }
             None => spec.name.clone(),
         };
-        let src = teacher
-            .tensor(&src_name)
-            .ok_or_else(|| TrainError::MissingTensor {
-                name: src_name.clone(),
-                file: "the teacher".into(),
-            })?;
+        let src = teacher_tensor(teacher, &src_name)?;
         if src.len() != spec.len() {
             return Err(TrainError::TensorMismatch {
                 name: spec.name.clone(),
@@ -251,14 +256,7 @@ pub fn pick_width(
     let qd = cfg.q_dim();
     let g_t = cfg.n_head / cfg.n_head_kv;
     let g_s = w.n_head / w.n_head_kv;
-    let get = |name: String| {
-        teacher
-            .tensor(&name)
-            .ok_or_else(|| TrainError::MissingTensor {
-                name,
-                file: "the teacher".into(),
-            })
-    };
+    let get = |name: String| teacher_tensor(teacher, &name);
     let magnitude = pick == WidthPick::Magnitude;
     let embd = if magnitude {
         let mut s = col_sq(get("token_embd.weight".into())?, c);
@@ -407,12 +405,7 @@ pub fn student_from_width(
     let head_d: Vec<usize> = (0..d).collect();
     let specs = student.layout().specs().to_vec();
     for spec in &specs {
-        let src = teacher
-            .tensor(&spec.name)
-            .ok_or_else(|| TrainError::MissingTensor {
-                name: spec.name.clone(),
-                file: "the teacher".into(),
-            })?;
+        let src = teacher_tensor(teacher, &spec.name)?;
         let (block, tail) = match spec.name.strip_prefix("blk.") {
             Some(rest) => {
                 let (i, tail) = rest
